@@ -1,0 +1,214 @@
+"""Pure functions on images and displacement fields.
+
+Conventions (see ``docs/design.md``):
+
+* images are ``(B, C, D, H, W)``; flows are ``(B, 3, D, H, W)`` in **voxel units** of the fixed
+  grid, channel ``k`` = displacement along array axis ``k``;
+* a flow *pulls* from the moving image: ``warp(moving, flow)(x) = moving(x + flow(x))``;
+* samples outside the volume are clamped to the nearest point of the enclosing cuboid
+  (paper, Sec. III-A), inside they are trilinearly interpolated.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "identity_grid",
+    "centered_grid",
+    "warp",
+    "warp_labels",
+    "compose",
+    "affine_flow",
+    "jacobian_det",
+    "sample_flow",
+    "transport_points",
+]
+
+
+def _check_flow(flow: torch.Tensor, name: str = "flow") -> None:
+    if flow.dim() != 5 or flow.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (B, 3, D, H, W), got {tuple(flow.shape)}")
+
+
+def identity_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel coordinates of a grid.
+
+    Args:
+        shape: spatial shape ``(D, H, W)``.
+
+    Returns:
+        ``(3, D, H, W)`` tensor; channel ``k`` holds the index along axis ``k``.
+    """
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+
+
+def centered_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel coordinates centred on the volume centre, ``p - (L - 1) / 2`` per axis.
+
+    Returns:
+        ``(3, D, H, W)`` tensor in voxels.
+    """
+    grid = identity_grid(shape, device=device, dtype=dtype)
+    centre = torch.tensor([(n - 1) / 2.0 for n in shape], device=device, dtype=dtype)
+    return grid - centre.view(3, 1, 1, 1)
+
+
+def _normalised_sampling_grid(flow: torch.Tensor) -> torch.Tensor:
+    """Absolute sampling positions ``x + flow(x)`` normalised for ``grid_sample``.
+
+    Returns ``(B, D, H, W, 3)`` with the last dim ordered (W, H, D) as ``grid_sample`` expects.
+    """
+    shape = flow.shape[2:]
+    pos = identity_grid(shape, device=flow.device, dtype=flow.dtype).unsqueeze(0) + flow
+    scale = torch.tensor(
+        [2.0 / max(n - 1, 1) for n in shape], device=flow.device, dtype=flow.dtype
+    ).view(1, 3, 1, 1, 1)
+    norm = pos * scale - 1.0
+    return norm.permute(0, 2, 3, 4, 1).flip(-1)
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Warp ``image`` with ``flow``: ``out(x) = image(x + flow(x))``.
+
+    Args:
+        image: ``(B, C, D, H, W)`` moving image (any channel count; a flow can be warped too).
+        flow: ``(B, 3, D, H, W)`` displacement in voxels on the output (fixed) grid. The output
+            grid may differ in size from ``image`` only if the flow was built for it; normally
+            both share the spatial shape.
+        mode: ``"bilinear"`` (trilinear in 3-D) or ``"nearest"``.
+
+    Returns:
+        ``(B, C, D, H, W)`` warped image on the flow's grid, border-clamped.
+    """
+    _check_flow(flow)
+    if image.dim() != 5:
+        raise ValueError(f"image must have shape (B, C, D, H, W), got {tuple(image.shape)}")
+    if image.shape[0] != flow.shape[0]:
+        raise ValueError(f"batch sizes differ: image {image.shape[0]} vs flow {flow.shape[0]}")
+    if tuple(image.shape[2:]) != tuple(flow.shape[2:]):
+        raise ValueError(
+            f"image grid {tuple(image.shape[2:])} differs from flow grid {tuple(flow.shape[2:])}"
+        )
+    grid = _normalised_sampling_grid(flow.to(image.dtype) if image.is_floating_point() else flow)
+    src = image if image.is_floating_point() else image.to(flow.dtype)
+    out = F.grid_sample(src, grid, mode=mode, padding_mode="border", align_corners=True)
+    return out
+
+
+def warp_labels(labels: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour warp of an integer label map.
+
+    Args:
+        labels: ``(B, 1, D, H, W)`` integer (or float holding integers) labels.
+        flow: ``(B, 3, D, H, W)`` displacement in voxels.
+
+    Returns:
+        Labels of the same dtype as ``labels`` on the flow's grid.
+    """
+    out = warp(labels.to(flow.dtype), flow, mode="nearest")
+    return torch.round(out).to(labels.dtype)
+
+
+def compose(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+    """Composition of flows (paper eq. 3): ``g1 * g2 = g2 + warp(g1, g2)``.
+
+    ``warp(warp(I, g1), g2) == warp(I, compose(g1, g2))`` (eq. 4): first ``g1`` then ``g2``.
+
+    Args:
+        g1: ``(B, 3, D, H, W)`` flow applied first.
+        g2: ``(B, 3, D, H, W)`` flow applied second.
+    """
+    _check_flow(g1, "g1")
+    _check_flow(g2, "g2")
+    return g2 + warp(g1, g2)
+
+
+def affine_flow(W: torch.Tensor, b: torch.Tensor, shape) -> torch.Tensor:
+    """Dense flow of an affine transform about the volume centre (paper eq. 11).
+
+    ``flow(p) = W p_c + b`` where ``p_c`` is the centred voxel coordinate, so the transform maps
+    ``p_c`` to ``(I + W) p_c + b``.
+
+    Args:
+        W: ``(B, 3, 3)`` residual matrix (``A = I + W``), voxel units.
+        b: ``(B, 3)`` translation in voxels.
+        shape: spatial shape ``(D, H, W)``.
+
+    Returns:
+        ``(B, 3, D, H, W)`` flow in voxels.
+    """
+    if W.dim() != 3 or W.shape[1:] != (3, 3):
+        raise ValueError(f"W must have shape (B, 3, 3), got {tuple(W.shape)}")
+    if b.dim() != 2 or b.shape[1] != 3 or b.shape[0] != W.shape[0]:
+        raise ValueError(f"b must have shape (B, 3) matching W, got {tuple(b.shape)}")
+    pc = centered_grid(shape, device=W.device, dtype=W.dtype)
+    flow = torch.einsum("bij,jdhw->bidhw", W, pc)
+    return flow + b.view(-1, 3, 1, 1, 1)
+
+
+def jacobian_det(flow: torch.Tensor) -> torch.Tensor:
+    """Jacobian determinant of ``x -> x + flow(x)`` with forward differences.
+
+    Follows the reference evaluation code: ``det(I + grad u)`` on the ``(D-1, H-1, W-1)`` grid,
+    derivatives in voxels.
+
+    Args:
+        flow: ``(B, 3, D, H, W)`` displacement in voxels.
+
+    Returns:
+        ``(B, D-1, H-1, W-1)`` determinants (dimensionless).
+    """
+    _check_flow(flow)
+    u = flow
+    du0 = u[:, :, 1:, :-1, :-1] - u[:, :, :-1, :-1, :-1]
+    du1 = u[:, :, :-1, 1:, :-1] - u[:, :, :-1, :-1, :-1]
+    du2 = u[:, :, :-1, :-1, 1:] - u[:, :, :-1, :-1, :-1]
+    # J[i][j] = d x_i' / d x_j = delta_ij + d u_i / d x_j
+    J = torch.stack([du0, du1, du2], dim=2)  # (B, i, j, ...)
+    eye = torch.eye(3, dtype=flow.dtype, device=flow.device).view(1, 3, 3, 1, 1, 1)
+    J = J + eye
+    a, b_, c = J[:, 0, 0], J[:, 0, 1], J[:, 0, 2]
+    d, e, f = J[:, 1, 0], J[:, 1, 1], J[:, 1, 2]
+    g, h, i = J[:, 2, 0], J[:, 2, 1], J[:, 2, 2]
+    return a * (e * i - f * h) - b_ * (d * i - f * g) + c * (d * h - e * g)
+
+
+def sample_flow(flow: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Trilinearly sample a flow at continuous voxel positions (border clamp).
+
+    Args:
+        flow: ``(3, D, H, W)`` or ``(1, 3, D, H, W)`` displacement in voxels.
+        points: ``(N, 3)`` voxel coordinates (array-axis order).
+
+    Returns:
+        ``(N, 3)`` displacement at the points, voxels.
+    """
+    if flow.dim() == 4:
+        flow = flow.unsqueeze(0)
+    _check_flow(flow)
+    if flow.shape[0] != 1:
+        raise ValueError("sample_flow takes a single flow (batch 1)")
+    if points.dim() != 2 or points.shape[1] != 3:
+        raise ValueError(f"points must have shape (N, 3), got {tuple(points.shape)}")
+    shape = flow.shape[2:]
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], dtype=flow.dtype,
+                         device=flow.device)
+    norm = (points.to(flow.dtype) * scale - 1.0).flip(-1).view(1, -1, 1, 1, 3)
+    out = F.grid_sample(flow, norm, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.view(3, -1).t()
+
+
+def transport_points(points: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Carry fixed-image points into the moving image: ``p + flow(p)``.
+
+    Args:
+        points: ``(N, 3)`` voxel coordinates in the fixed image.
+        flow: ``(3, D, H, W)`` or ``(1, 3, D, H, W)`` displacement in voxels on the fixed grid.
+
+    Returns:
+        ``(N, 3)`` voxel coordinates in the moving image.
+    """
+    return points.to(flow.dtype) + sample_flow(flow, points)

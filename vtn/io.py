@@ -1,0 +1,267 @@
+"""File formats shared by every stage: NIfTI volumes, landmark CSVs, subject tables, displacement
+files (Learn2Reg voxel fields and ANTs/ITK physical warps).
+
+Every reader raises :class:`InputError` naming the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "InputError",
+    "load_volume",
+    "save_volume",
+    "load_landmarks",
+    "save_landmarks",
+    "read_subjects",
+    "read_pairs",
+    "save_disp_l2r",
+    "load_disp_l2r",
+    "disp_voxel_to_ras_mm",
+    "disp_ras_mm_to_voxel",
+    "save_itk_warp",
+    "load_itk_warp",
+    "atomic_write_json",
+]
+
+
+class InputError(ValueError):
+    """A bad input file: the message names the file and the problem."""
+
+
+def load_volume(path, *, allow_nonfinite: bool = False, dtype=np.float32):
+    """Read a 3-D NIfTI volume.
+
+    Args:
+        path: ``.nii`` / ``.nii.gz`` file.
+        allow_nonfinite: accept NaN/Inf voxels (otherwise an :class:`InputError`).
+        dtype: dtype of the returned array (``None`` keeps the stored dtype).
+
+    Returns:
+        ``(array (X, Y, Z), affine 4x4 voxel -> RAS mm)``.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for truncated/garbled files
+        raise InputError(f"{path}: cannot read volume ({type(exc).__name__}: {exc})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    if not allow_nonfinite and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        n = int((~np.isfinite(data)).sum())
+        raise InputError(f"{path}: {n} voxels are NaN or Inf")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def save_volume(path, array, affine) -> None:
+    """Write a volume as NIfTI (written to a temporary file, then renamed)."""
+    import nibabel as nib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    tmp = path.with_name(".tmp-" + path.name)
+    nib.save(img, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_landmarks(path, shape=None):
+    """Read a landmark CSV ``name,i,j,k`` (voxel indices along array axes 0, 1, 2).
+
+    Args:
+        path: CSV file.
+        shape: optional image shape; a landmark outside ``[0, n-1]`` on any axis is an error.
+
+    Returns:
+        ``(names list, array (N, 3) float64)``.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: landmark file not found")
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read landmark CSV ({exc})") from exc
+    missing = {"name", "i", "j", "k"} - set(df.columns)
+    if missing:
+        raise InputError(f"{path}: landmark CSV lacks columns {sorted(missing)}")
+    pts = df[["i", "j", "k"]].to_numpy(dtype=np.float64)
+    if not np.isfinite(pts).all():
+        raise InputError(f"{path}: landmark coordinates contain NaN/Inf")
+    if shape is not None:
+        hi = np.asarray(shape, dtype=np.float64) - 1
+        bad = ((pts < 0) | (pts > hi)).any(axis=1)
+        if bad.any():
+            names = ", ".join(str(n) for n in df["name"][bad])
+            raise InputError(f"{path}: landmark(s) {names} outside the image of shape {tuple(shape)}")
+    return [str(n) for n in df["name"]], pts
+
+
+def save_landmarks(path, names, points) -> None:
+    """Write a landmark CSV ``name,i,j,k``."""
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    df = pd.DataFrame({"name": list(names), "i": pts[:, 0], "j": pts[:, 1], "k": pts[:, 2]})
+    df.to_csv(path, index=False, float_format="%.6f")
+
+
+def read_subjects(path):
+    """Read a dataset's ``subjects.csv`` (``subject,image,seg,landmarks``).
+
+    Relative paths are resolved against the CSV's folder; empty ``seg``/``landmarks`` become
+    ``None``.
+
+    Returns:
+        list of dicts with keys ``subject, image, seg, landmarks`` (paths as :class:`Path`).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: subject table not found")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"subject", "image"} - set(df.columns)
+    if missing:
+        raise InputError(f"{path}: subject table lacks columns {sorted(missing)}")
+    rows = []
+    for rec in df.to_dict("records"):
+        row = {"subject": rec["subject"]}
+        for key in ("image", "seg", "landmarks"):
+            val = rec.get(key, "") or ""
+            row[key] = (path.parent / val) if val else None
+        rows.append(row)
+    if len({r["subject"] for r in rows}) != len(rows):
+        raise InputError(f"{path}: duplicate subject ids")
+    return rows
+
+
+def read_pairs(path):
+    """Read ``pairs.csv`` (``fixed,moving``) as a list of ``(fixed, moving)`` subject ids."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: pair list not found")
+    df = pd.read_csv(path, dtype=str)
+    if not {"fixed", "moving"} <= set(df.columns):
+        raise InputError(f"{path}: pair list needs columns fixed,moving")
+    return list(zip(df["fixed"], df["moving"]))
+
+
+def save_disp_l2r(path, flow, affine) -> None:
+    """Write a Learn2Reg displacement: ``(D, H, W, 3)`` float32 voxels on the fixed grid.
+
+    Args:
+        flow: ``(3, D, H, W)`` array (channels-first, as in the core) in voxels.
+        affine: the fixed image's affine (stored for viewing only).
+    """
+    flow = np.asarray(flow, dtype=np.float32)
+    if flow.ndim != 4 or flow.shape[0] != 3:
+        raise ValueError(f"flow must be (3, D, H, W), got {flow.shape}")
+    save_volume(path, np.moveaxis(flow, 0, -1), affine)
+
+
+def load_disp_l2r(path):
+    """Read a Learn2Reg displacement; returns ``((3, D, H, W) float32 voxels, affine)``."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: displacement file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj).astype(np.float32)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read displacement ({exc})") from exc
+    if data.ndim == 5:
+        data = data[:, :, :, 0, :]
+    if data.ndim != 4 or data.shape[-1] != 3:
+        raise InputError(f"{path}: expected a (D, H, W, 3) displacement, got {data.shape}")
+    if not np.isfinite(data).all():
+        raise InputError(f"{path}: displacement contains NaN/Inf")
+    return np.ascontiguousarray(np.moveaxis(data, -1, 0)), np.asarray(img.affine, dtype=np.float64)
+
+
+def disp_voxel_to_ras_mm(flow, affine):
+    """Voxel displacement ``(3, ...)`` -> RAS mm displacement ``(3, ...)`` (linear part only)."""
+    lin = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return np.einsum("ij,j...->i...", lin, np.asarray(flow, dtype=np.float64))
+
+
+def disp_ras_mm_to_voxel(disp_mm, affine):
+    """RAS mm displacement ``(3, ...)`` -> voxel displacement ``(3, ...)``."""
+    inv = np.linalg.inv(np.asarray(affine, dtype=np.float64)[:3, :3])
+    return np.einsum("ij,j...->i...", inv, np.asarray(disp_mm, dtype=np.float64))
+
+
+def save_itk_warp(path, flow, affine) -> None:
+    """Write an ANTs/ITK displacement-field transform.
+
+    5-D NIfTI ``(X, Y, Z, 1, 3)``, intent 1007 (vector), physical mm in **LPS**, resampling
+    convention (a point ``x`` of the fixed image maps to ``x + u(x)`` in the moving image).
+
+    Args:
+        flow: ``(3, X, Y, Z)`` displacement in voxels on the fixed grid.
+        affine: the fixed image's affine (voxel -> RAS mm).
+    """
+    import nibabel as nib
+
+    disp_ras = disp_voxel_to_ras_mm(flow, affine)
+    disp_lps = disp_ras.copy()
+    disp_lps[0] *= -1.0
+    disp_lps[1] *= -1.0
+    data = np.moveaxis(disp_lps, 0, -1)[:, :, :, None, :].astype(np.float32)
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    img.header.set_intent(1007, (), "")
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp-" + path.name)
+    nib.save(img, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_itk_warp(path):
+    """Read an ANTs/ITK 5-D warp; returns ``((3, X, Y, Z) voxel displacement, affine)``."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj).astype(np.float64)
+    if data.ndim != 5 or data.shape[3] != 1 or data.shape[4] != 3:
+        raise InputError(f"{path}: expected an (X, Y, Z, 1, 3) ITK warp, got {data.shape}")
+    lps = np.moveaxis(data[:, :, :, 0, :], -1, 0)
+    ras = lps.copy()
+    ras[0] *= -1.0
+    ras[1] *= -1.0
+    return disp_ras_mm_to_voxel(ras, img.affine).astype(np.float32), np.asarray(img.affine)
+
+
+def atomic_write_json(path, obj) -> None:
+    """Write JSON through a temporary file so a killed job leaves no half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp-" + path.name)
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
+    os.replace(tmp, path)
