@@ -24,6 +24,7 @@ COMMANDS = {
     "figures": ("vtn.report.figures", "the paper's figures"),
     "claims": ("vtn.report.claims", "the claims table"),
     "bench": ("vtn.bench", "inference / training-step benchmark"),
+    "runtime": ("vtn.report.runtime", "summarise Snakemake benchmark files"),
 }
 
 

@@ -1,0 +1,6 @@
+"""``python -m vtn <command>`` = the ``vtn`` console script."""
+import sys
+
+from vtn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+# Data: pinned registry packages -> embedded datasets (or user datasets listed in place).
+
+
+rule fetch_resources:
+    output:
+        touch(f"{RES}/{{organ}}.done"),
+    log:
+        "logs/fetch_resources/{organ}.log",
+    wildcard_constraints:
+        organ="liver|brain",
+    params:
+        out=lambda wc, output: str(Path(output[0]).parent),
+    threads: 1
+    conda:
+        "../envs/vtn.yaml"
+    shell:
+        "python -m vtn fetch --out {params.out} --only {wildcards.organ} > {log} 2>&1"
+
+
+rule make_embedded:
+    input:
+        lambda wc: resource_manifest(DATASETS[wc.embedded]["organ"]),
+    output:
+        csv=raw_csv("{embedded}"),
+        figure=report(
+            "results/figures/data/{embedded}.png",
+            caption="../report/embedded.rst",
+            category="Data",
+        ),
+    params:
+        organ=lambda wc: DATASETS[wc.embedded]["organ"],
+        n=lambda wc: DATASETS[wc.embedded]["n"],
+        seed=lambda wc: DATASETS[wc.embedded]["seed"],
+        out=lambda wc, output: str(Path(output.csv).parent),
+        resources=RES,
+    log:
+        "logs/make_embedded/{embedded}.log",
+    benchmark:
+        "benchmarks/make_embedded/{embedded}.tsv"
+    threads: 1
+    conda:
+        "../envs/vtn.yaml"
+    shell:
+        "python -m vtn make-embedded --organ {params.organ} --resources {params.resources} --n {params.n}"
+        " --seed {params.seed} --prefix {wildcards.embedded} --out {params.out}"
+        " --figure {output.figure} > {log} 2>&1"
+
+
+rule import_dataset:
+    output:
+        raw_csv("{user}"),
+    params:
+        layout=lambda wc: DATASETS[wc.user]["source"],
+        path=lambda wc: DATASETS[wc.user]["path"],
+        landmarks=lambda wc: (
+            f"--landmarks-dir {DATASETS[wc.user]['landmarks']}"
+            if "landmarks" in DATASETS[wc.user]
+            else ""
+        ),
+    log:
+        "logs/import_dataset/{user}.log",
+    threads: 1
+    conda:
+        "../envs/vtn.yaml"
+    shell:
+        "python -m vtn import --layout {params.layout} --path {params.path} {params.landmarks}"
+        " --out {output} > {log} 2>&1"

@@ -1,0 +1,80 @@
+# Preprocessing as the paper describes it: canonical orientation, crop around the organ,
+# resampling to the model size, intensity windowing, histogram matching; ANTs atlas pre-alignment
+# for the brain star variants; ground-truth displacements of embedded test pairs.
+
+
+rule preprocess:
+    input:
+        subjects=lambda wc: raw_csv(wc.dataset),
+        reference=lambda wc: organ_reference(wc.dataset),
+    output:
+        subjects=prep_csv("{dataset}"),
+        pairs=pairs_csv("{dataset}"),
+    params:
+        organ=lambda wc: DATASETS[wc.dataset]["organ"],
+        out=lambda wc, output: str(Path(output.subjects).parent),
+        max_pairs=lambda wc: max_pairs(wc.dataset),
+        size=SIZE,
+        label=lambda wc: (
+            f"--liver-label {DATASETS[wc.dataset]['label']}"
+            if "label" in DATASETS[wc.dataset]
+            else ""
+        ),
+    log:
+        "logs/preprocess/{dataset}.log",
+    benchmark:
+        "benchmarks/preprocess/{dataset}.tsv"
+    threads: 1
+    conda:
+        "../envs/vtn.yaml"
+    shell:
+        "python -m vtn preprocess --subjects {input.subjects} --organ {params.organ} --size {params.size}"
+        " --reference-subjects {input.reference} --out {params.out} {params.label}"
+        " --pairs-out {output.pairs} --max-pairs {params.max_pairs} > {log} 2>&1"
+
+
+rule ground_truth:
+    input:
+        raw=lambda wc: raw_csv(wc.embedded),
+        prep=lambda wc: prep_csv(wc.embedded),
+        pairs=lambda wc: pairs_csv(wc.embedded),
+    output:
+        directory("results/data/{embedded}/gt"),
+    params:
+        raw=lambda wc, input: str(Path(input.raw).parent),
+        prep=lambda wc, input: str(Path(input.prep).parent),
+    log:
+        "logs/ground_truth/{embedded}.log",
+    benchmark:
+        "benchmarks/ground_truth/{embedded}.tsv"
+    threads: 1
+    conda:
+        "../envs/vtn.yaml"
+    shell:
+        "python -m vtn ground-truth --raw {params.raw} --prep {params.prep} --pairs {input.pairs}"
+        " --out {output} > {log} 2>&1"
+
+
+rule prealign:
+    input:
+        subjects=lambda wc: prep_csv(wc.dataset),
+        atlas=lambda wc: prep_csv(STUDIES[wc.study]["atlas"]["dataset"]),
+    output:
+        prealigned_csv("{study}", "{dataset}"),
+    params:
+        atlas=lambda wc: (
+            f"results/data/{STUDIES[wc.study]['atlas']['dataset']}/prep/"
+            f"{STUDIES[wc.study]['atlas']['subject']}_image.nii.gz"
+        ),
+        out=lambda wc, output: str(Path(output[0]).parent),
+        preset=lambda wc: STUDIES[wc.study].get("baselines", {}).get("ants", "fast"),
+    log:
+        "logs/prealign/{study}/{dataset}.log",
+    benchmark:
+        "benchmarks/prealign/{study}/{dataset}.tsv"
+    threads: THREADS
+    conda:
+        "../envs/vtn.yaml"
+    shell:
+        "python -m vtn prealign --subjects {input.subjects} --atlas {params.atlas} --out {params.out}"
+        " --threads {threads} --preset {params.preset} > {log} 2>&1"

@@ -1,0 +1,22 @@
+# Inference: every trained model registers the study's test pairs.
+
+
+rule register_model:
+    input:
+        unpack(register_inputs),
+    output:
+        directory("results/registrations/{study}/{model}"),
+    params:
+        device=config["device"],
+    log:
+        "logs/register/{study}/{model}.log",
+    benchmark:
+        "benchmarks/register/{study}/{model}.tsv"
+    threads: THREADS
+    resources:
+        gpu=USE_GPU,
+    conda:
+        "../envs/vtn.yaml"
+    shell:
+        "python -m vtn register --checkpoint {input.ckpt} --subjects {input.subjects}"
+        " --pairs {input.pairs} --out {output} --device {params.device} > {log} 2>&1"
