@@ -270,6 +270,8 @@ def evaluate_inputs(wc):
     }
     if DATASETS[test]["source"] == "embedded" and not star:
         inputs["gt"] = f"results/data/{test}/gt"
+    if star:
+        inputs["orig"] = prep_csv(test)
     return inputs
 
 
@@ -279,10 +281,27 @@ def evaluate_extra(wc):
     if "gt" in evaluate_inputs(wc):
         args.append(f"--gt results/data/{test}/gt")
     if method_is_star(wc.study, wc.method):
-        args.append("--prealigned")
-    if "label" in DATASETS[test]:
-        args.append(f"--liver-label {DATASETS[test]['label']}")
+        args.append(f"--prealigned --orig-subjects {prep_csv(test)}")
+    if DATASETS[test]["organ"] == "liver":
+        label = liver_label(test)
+        args.append(f"--liver-label {'any' if label == 'nonzero' else label}")
     return " ".join(args)
+
+
+def liver_label(dataset):
+    """Liver label value: config `label`, 5 in TotalSegmentator maps, any non-zero label otherwise."""
+    d = DATASETS[dataset]
+    if "label" in d:
+        return str(d["label"])
+    return "5" if d["source"] == "embedded" else "nonzero"
+
+
+def star_test_subjects(study):
+    """The pre-aligned test subjects of a study with star variants ([] otherwise)."""
+    models = study_models(study)
+    if any(m["star"] for m in models.values()):
+        return [prealigned_csv(study, STUDIES[study]["test"])]
+    return []
 
 
 def data_source(study):
@@ -356,7 +375,7 @@ def final_outputs():
     out = []
     for study in STUDIES:
         out += [f"results/metrics/{study}/{m}.csv" for m in study_methods(study)]
-        out += [f"results/tables/{study}/done", f"results/figures/{study}/done"]
+        out += [f"results/tables/{study}", f"results/figures/{study}"]
     for name in EMBEDDED:
         out.append(f"results/figures/data/{name}.png")
     out += ["results/claims.md", "results/runtime.md"]

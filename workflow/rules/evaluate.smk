@@ -27,7 +27,7 @@ rule evaluate:
 
 rule study_spec:
     output:
-        "results/tables/{study}/study.json",
+        "results/specs/{study}.json",
     params:
         spec=lambda wc: json.dumps(study_spec(wc.study), indent=1, ensure_ascii=False),
     log:

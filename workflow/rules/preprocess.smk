@@ -16,8 +16,8 @@ rule preprocess:
         max_pairs=lambda wc: max_pairs(wc.dataset),
         size=SIZE,
         label=lambda wc: (
-            f"--liver-label {DATASETS[wc.dataset]['label']}"
-            if "label" in DATASETS[wc.dataset]
+            f"--liver-label {liver_label(wc.dataset)}"
+            if DATASETS[wc.dataset]["organ"] == "liver"
             else ""
         ),
     log:

@@ -11,13 +11,19 @@ localrules:
 
 rule tables:
     input:
-        spec="results/tables/{study}/study.json",
+        spec="results/specs/{study}.json",
         metrics=lambda wc: [f"results/metrics/{wc.study}/{m}.csv" for m in study_methods(wc.study)],
     output:
-        touch("results/tables/{study}/done"),
+        report(
+            directory("results/tables/{study}"),
+            patterns=["{name}.md"],
+            caption="../report/tables.rst",
+            category="Tables",
+            subcategory="{study}",
+        ),
     params:
         metrics=lambda wc: f"results/metrics/{wc.study}",
-        out=lambda wc: f"results/tables/{wc.study}",
+        out=lambda wc, output: output[0],
     log:
         "logs/tables/{study}.log",
     threads: 1
@@ -29,18 +35,28 @@ rule tables:
 
 rule figures:
     input:
-        spec="results/tables/{study}/study.json",
+        spec="results/specs/{study}.json",
         metrics=lambda wc: [f"results/metrics/{wc.study}/{m}.csv" for m in study_methods(wc.study)],
         regs=lambda wc: [f"results/registrations/{wc.study}/{m}" for m in study_methods(wc.study)],
         subjects=lambda wc: prep_csv(STUDIES[wc.study]["test"]),
+        star_subjects=lambda wc: star_test_subjects(wc.study),
         logs=lambda wc: [f"results/models/{wc.study}/{m}/train_log.csv" for m in study_models(wc.study)],
     output:
-        touch("results/figures/{study}/done"),
+        report(
+            directory("results/figures/{study}"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+            subcategory="{study}",
+        ),
     params:
         metrics=lambda wc: f"results/metrics/{wc.study}",
         regs=lambda wc: f"results/registrations/{wc.study}",
         models=lambda wc: f"results/models/{wc.study}",
-        out=lambda wc: f"results/figures/{wc.study}",
+        out=lambda wc, output: output[0],
+        star=lambda wc, input: (
+            f"--prealigned-subjects {input.star_subjects}" if input.star_subjects else ""
+        ),
     log:
         "logs/figures/{study}.log",
     benchmark:
@@ -50,12 +66,13 @@ rule figures:
         "../envs/vtn.yaml"
     shell:
         "python -m vtn figures --spec {input.spec} --metrics {params.metrics} --reg-root {params.regs}"
-        " --subjects {input.subjects} --models {params.models} --out {params.out} > {log} 2>&1"
+        " --subjects {input.subjects} --models {params.models} --out {params.out} {params.star}"
+        " > {log} 2>&1"
 
 
 rule claims:
     input:
-        specs=[f"results/tables/{s}/study.json" for s in STUDIES],
+        specs=[f"results/specs/{s}.json" for s in STUDIES],
         metrics=[f"results/metrics/{s}/{m}.csv" for s in STUDIES for m in study_methods(s)],
     output:
         report("results/claims.md", caption="../report/claims.rst", category="Claims"),

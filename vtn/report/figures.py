@@ -1,0 +1,353 @@
+"""``vtn figures``: the paper's Figures 6/7 (liver) and 8 (brain) plus training curves.
+
+``vtn figures --spec study.json --metrics DIR --reg-root results/registrations/<study>
+--subjects prep/subjects.csv [--prealigned-subjects prep_atlas/subjects.csv]
+--models results/models/<study> --out DIR [--liver-label 5] [--axis 2]``
+
+Written (headless, matplotlib Agg):
+
+* ``figure6_methods.png`` (liver) / ``figure8_methods.png`` (brain): one test pair, the one
+  whose IoU under the main method is the median over pairs. Rows: sections through the fixed
+  image at the height (array axis ``--axis``, default 2) of three fixed landmarks; columns: the
+  fixed image, the moving image, then for each method its warped image (title: the pair's
+  landmark distance) and its warped segmentation (white = fixed, semi-transparent red = warped;
+  title: the pair's IoU). Yellow crosses: fixed landmarks; red: the moving landmark (moving
+  column) or the moving landmark carried into the fixed frame (warped columns), drawn at
+  ``p_fixed - (p_pred - p_moving)``, i.e. displaced by the residual the landmark distance
+  measures. Pre-aligned (★) methods are resampled back from the atlas-aligned frame to the
+  original fixed image with the fixed subject's ``atlas_to_prep`` (as in the paper's Figure 8).
+* ``figure7_cascades.png`` (liver) / ``figure8b_cascades.png`` (brain): the same for the
+  cascade variants (and the invertibility variant).
+* ``training_curves.png``: ``total`` and each loss term against the step, one panel per model
+  (``<models>/<model>/train_log.csv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vtn.io import InputError, load_landmarks, load_volume, read_subjects
+
+__all__ = ["median_pair", "method_panels", "method_figure", "training_curves", "make_figures",
+           "cli"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def median_pair(df, metric: str = "iou"):
+    """``(fixed, moving)`` of the pair whose ``metric`` is closest to the median over pairs
+    (ties: the first in file order); falls back to the first pair when the metric is all NaN."""
+    vals = df[metric].to_numpy(dtype=float) if metric in df.columns else np.full(len(df), np.nan)
+    if len(df) == 0:
+        raise InputError("no pairs in the metrics table")
+    if not np.isfinite(vals).any():
+        i = 0
+    else:
+        med = np.nanmedian(vals)
+        i = int(np.nanargmin(np.abs(vals - med)))
+    return str(df["fixed"].iloc[i]), str(df["moving"].iloc[i])
+
+
+def _mask(seg, organ, liver_label):
+    if seg is None:
+        return None
+    if organ == "liver":
+        from vtn.evaluate import liver_mask
+
+        return liver_mask(seg, liver_label)
+    return np.rint(seg) >= 1
+
+
+def _resample_back(vol, a2p, order):
+    """Volume on the aligned grid -> original fixed grid: ``out(p) = vol(inv(A) p)``."""
+    from scipy import ndimage
+
+    inv = np.linalg.inv(np.asarray(a2p, dtype=np.float64))
+    return ndimage.affine_transform(vol, inv[:3, :3], offset=inv[:3, 3], order=order,
+                                    mode="nearest")
+
+
+def method_panels(name, reg_dir, f, m, fixed_pts, moving_pts, correction=None):
+    """Warped image, warped segmentation and red-cross positions of one method for one pair.
+
+    Args:
+        name: method name (for messages).
+        reg_dir: the method's registration folder.
+        f, m: fixed and moving subject ids.
+        fixed_pts: ``{name: (3,)}`` fixed landmarks (original fixed frame).
+        moving_pts: ``{name: (3,)}`` moving landmarks (in the frame the method registered).
+        correction: fixed ``atlas_to_prep`` for pre-aligned methods (resample back), or ``None``.
+
+    Returns:
+        dict with ``image``, ``seg`` (or ``None``), ``red`` ``{landmark: (3,)}``.
+    """
+    reg_dir = Path(reg_dir)
+    img, _ = load_volume(reg_dir / f"warped_{f}_{m}.nii.gz")
+    seg = None
+    sp = reg_dir / f"warpedseg_{f}_{m}.nii.gz"
+    if sp.exists():
+        seg, _ = load_volume(sp, dtype=None)
+    if correction is not None:
+        img = _resample_back(img, correction, 1)
+        seg = _resample_back(seg, correction, 0) if seg is not None else None
+    red = {}
+    lp = reg_dir / f"landmarks_{f}_{m}.csv"
+    if lp.exists() and moving_pts:
+        names, pred = load_landmarks(lp)
+        lin = np.eye(3) if correction is None else np.asarray(correction, float)[:3, :3]
+        for n, p in zip(names, pred):
+            if n in moving_pts and n in fixed_pts:
+                red[n] = fixed_pts[n] - lin @ (p - moving_pts[n])
+    return {"image": img, "seg": seg, "red": red}
+
+
+def _slice(vol, axis, k):
+    k = int(np.clip(round(k), 0, vol.shape[axis] - 1))
+    return np.take(vol, k, axis=axis).T  # x = first remaining axis, y = second
+
+
+def _cross(ax, p, axis, color):
+    rest = [d for d in range(3) if d != axis]
+    ax.plot(p[rest[0]], p[rest[1]], marker="+", color=color, markersize=10, mew=2)
+
+
+def method_figure(columns, fixed, moving, lm_names, out_png, axis=2, title=""):
+    """Draw the grid of sections.
+
+    Args:
+        columns: list of ``(label, panel dict from method_panels, lm_text, iou_text)``.
+        fixed: dict ``image, mask, pts {name: (3,)}``; moving: same (``mask`` unused).
+        lm_names: the (up to three) landmark names defining the section heights.
+        out_png: output path.
+    """
+    plt = _plt()
+    ncol = 2 + 2 * len(columns)
+    nrow = max(1, len(lm_names))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.9 * ncol, 2.0 * nrow + 0.6), squeeze=False)
+    for r, lname in enumerate(lm_names):
+        k = fixed["pts"][lname][axis]
+        panels = [("fixed", fixed["image"], None, None, None),
+                  ("moving", moving["image"], None, moving["pts"].get(lname), None)]
+        for label, pan, lm_txt, iou_txt in columns:
+            panels.append((f"{label}\nLm. {lm_txt}", pan["image"], None, pan["red"].get(lname),
+                           None))
+            panels.append((f"{label}\nIoU {iou_txt}", None, pan["seg"], None, True))
+        for c, (ttl, img, seg, red, is_seg) in enumerate(panels):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if is_seg:
+                fm = fixed["mask"]
+                base = _slice(fm.astype(float), axis, k) if fm is not None else None
+                if base is not None:
+                    ax.imshow(base, cmap="gray", origin="lower", vmin=0, vmax=1)
+                if seg is not None:
+                    wm = _slice(fixed["mask_fn"](seg).astype(float), axis, k)
+                    rgba = np.zeros(wm.shape + (4,))
+                    rgba[..., 0] = 1.0
+                    rgba[..., 3] = 0.45 * wm
+                    ax.imshow(rgba, origin="lower")
+            else:
+                ax.imshow(_slice(img, axis, k), cmap="gray", origin="lower")
+                _cross(ax, fixed["pts"][lname], axis, "yellow")
+                if red is not None:
+                    _cross(ax, red, axis, "red")
+            if r == 0:
+                ax.set_title(ttl, fontsize=7)
+            if c == 0:
+                ax.set_ylabel(lname, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+
+
+def training_curves(models_dir, names, out_png) -> list:
+    """Plot ``train_log.csv`` of each model (``total`` and loss terms vs ``step``).
+
+    Returns:
+        the names of the models that had a log.
+    """
+    import pandas as pd
+
+    plt = _plt()
+    logs = {}
+    for n in names:
+        p = Path(models_dir) / n / "train_log.csv"
+        if p.exists():
+            df = pd.read_csv(p)
+            if "step" in df.columns and len(df):
+                logs[n] = df
+    if not logs:
+        return []
+    ncol = min(3, len(logs))
+    nrow = (len(logs) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
+    skip = {"step", "epoch", "lr", "seconds"}
+    for i, (n, df) in enumerate(logs.items()):
+        ax = axes[i // ncol, i % ncol]
+        for col in df.columns:
+            if col in skip or not np.issubdtype(df[col].dtype, np.number):
+                continue
+            ax.plot(df["step"], df[col], lw=1.5 if col == "total" else 0.8, label=col)
+        ax.set_title(n, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6)
+    for j in range(len(logs), nrow * ncol):
+        axes[j // ncol, j % ncol].axis("off")
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return list(logs)
+
+
+def _fmt(v, d):
+    return "N/A" if v is None or not np.isfinite(v) else f"{v:.{d}f}"
+
+
+def make_figures(spec, metrics_dir, reg_root, subjects_csv, out_dir, models_dir=None,
+                 prealigned_csv=None, liver_label="5", axis=2) -> dict:
+    """Write the study's figures; returns ``{"written": [paths], "notes": [...]}``."""
+    from vtn.report.tables import load_metrics
+
+    organ = spec["organ"]
+    t = spec.get("tables", {})
+    metrics, _, notes = load_metrics(metrics_dir, list(spec["methods"]))
+    subjects = {r["subject"]: r for r in read_subjects(subjects_csv)}
+    pre = {r["subject"]: r for r in read_subjects(prealigned_csv)} if prealigned_csv else None
+    written = []
+
+    main = spec.get("main") if spec.get("main") in metrics else None
+    if main is None:
+        main = next((n for n in t.get("methods", []) if n in metrics
+                     and spec["methods"].get(n, {}).get("kind") == "vtn"), None)
+    main = main or next(iter(metrics), None)
+
+    inv = [n for n in t.get("methods", []) if spec["methods"].get(n, {}).get("inv")]
+    groups = [("figure6_methods" if organ == "liver" else "figure8_methods",
+               list(t.get("methods", []))),
+              ("figure7_cascades" if organ == "liver" else "figure8b_cascades",
+               inv + [n for n in reversed(t.get("cascades", [])) if n not in inv])]
+    if main is not None:
+        f, m = median_pair(metrics[main])
+        fs, ms = subjects.get(f), subjects.get(m)
+        if fs is None or ms is None:
+            raise InputError(f"{subjects_csv}: pair {f}/{m} of {main} not in the subject table")
+        fimg, _ = load_volume(fs["image"])
+        mimg, _ = load_volume(ms["image"])
+        fseg = load_volume(fs["seg"], dtype=None)[0] if fs["seg"] else None
+        fpts = dict(zip(*load_landmarks(fs["landmarks"]))) if fs["landmarks"] else {}
+        mpts = dict(zip(*load_landmarks(ms["landmarks"]))) if ms["landmarks"] else {}
+        names = list(spec.get("figures", {}).get("landmarks") or list(fpts)[:3])
+        names = [n for n in names if n in fpts][:3]
+        if not names:  # no landmarks: three sections through the centre
+            c = (np.asarray(fimg.shape) - 1) / 2.0
+            for q, frac in zip(("z25%", "z50%", "z75%"), (0.25, 0.5, 0.75)):
+                p = c.copy()
+                p[axis] = frac * (fimg.shape[axis] - 1)
+                fpts[q] = p
+            names = ["z25%", "z50%", "z75%"]
+        mask_fn = (lambda s: _mask(s, organ, liver_label))
+        fixed = {"image": fimg, "mask": _mask(fseg, organ, liver_label), "pts": fpts,
+                 "mask_fn": mask_fn}
+        moving = {"image": mimg, "pts": mpts}
+        for stem, meths in groups:
+            cols = []
+            for n in dict.fromkeys(meths):
+                if n not in metrics:
+                    continue
+                entry = spec["methods"].get(n, {})
+                reg = Path(reg_root) / n
+                corr, mp = None, mpts
+                if entry.get("star"):
+                    if pre is None:
+                        notes.append(f"{stem}: {n} is pre-aligned but --prealigned-subjects "
+                                     f"was not given - left out")
+                        continue
+                    rec = json.loads((Path(prealigned_csv).parent / f"{f}_prep.json").read_text())
+                    corr = np.asarray(rec["atlas_to_prep"], dtype=np.float64)
+                    mp = (dict(zip(*load_landmarks(pre[m]["landmarks"])))
+                          if pre.get(m, {}).get("landmarks") else {})
+                try:
+                    pan = method_panels(n, reg, f, m, fpts, mp, corr)
+                except InputError as exc:
+                    notes.append(f"{stem}: {n}: {exc} - left out")
+                    continue
+                row = metrics[n][(metrics[n]["fixed"].astype(str) == f)
+                                 & (metrics[n]["moving"].astype(str) == m)]
+                lm = float(row["lm_dist_vox"].iloc[0]) if len(row) else float("nan")
+                io = float(row["iou"].iloc[0]) if len(row) else float("nan")
+                label = (entry.get("display") or n) + ("★" if entry.get("star") else "")
+                cols.append((label, pan, _fmt(lm, 2), _fmt(io, 4)))
+            if not cols:
+                notes.append(f"{stem}: no method output for pair {f}/{m} - not drawn")
+                continue
+            out = Path(out_dir) / f"{stem}.png"
+            src = spec.get("data_source") or "data source not stated"
+            method_figure(cols, fixed, moving, names, out, axis,
+                          title=f"{spec['study']}: fixed {f}, moving {m} (median-IoU pair of "
+                                f"{main}). Data: {src[:90]}")
+            written.append(out)
+    if models_dir is not None:
+        models = [n for n, e in spec["methods"].items() if e.get("kind") in {"vtn", "voxelmorph"}]
+        out = Path(out_dir) / "training_curves.png"
+        if training_curves(models_dir, models, out):
+            written.append(out)
+        else:
+            notes.append("training curves: no train_log.csv found")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "notes.txt").write_text("\n".join(notes) + ("\n" if notes else ""))
+    return {"written": written, "notes": notes}
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="vtn figures", description="the paper's figures")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--metrics", required=True, help="folder of <method>.csv")
+    p.add_argument("--reg-root", required=True, help="results/registrations/<study>")
+    p.add_argument("--subjects", required=True, help="prep subjects.csv of the test set")
+    p.add_argument("--prealigned-subjects", default=None,
+                   help="atlas-aligned subjects.csv (for the star methods)")
+    p.add_argument("--models", default=None, help="results/models/<study> (training curves)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--liver-label", default="5")
+    p.add_argument("--axis", type=int, default=2, choices=[0, 1, 2],
+                   help="array axis of the section 'height' (default 2)")
+    return p
+
+
+def cli(argv=None) -> int:
+    from vtn.report.tables import load_spec
+
+    args = _parser().parse_args(argv)
+    try:
+        spec = load_spec(args.spec)
+        res = make_figures(spec, args.metrics, args.reg_root, args.subjects, args.out,
+                           args.models, args.prealigned_subjects, args.liver_label, args.axis)
+    except InputError as exc:
+        print(f"vtn figures: {exc}", file=sys.stderr)
+        return 1
+    for n in res["notes"]:
+        print(f"vtn figures: note: {n}", file=sys.stderr)
+    for p in res["written"]:
+        print(f"vtn figures: wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
