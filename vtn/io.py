@@ -215,19 +215,33 @@ def disp_ras_mm_to_voxel(disp_mm, affine):
     return np.einsum("ij,j...->i...", inv, np.asarray(disp_mm, dtype=np.float64))
 
 
-def save_itk_warp(path, flow, affine) -> None:
+def save_itk_warp(path, flow, affine, moving_affine=None) -> None:
     """Write an ANTs/ITK displacement-field transform.
 
     5-D NIfTI ``(X, Y, Z, 1, 3)``, intent 1007 (vector), physical mm in **LPS**, resampling
-    convention (a point ``x`` of the fixed image maps to ``x + u(x)`` in the moving image).
+    convention: the world point of fixed voxel ``p`` maps to the world point of moving voxel
+    ``p + u(p)``.
 
     Args:
-        flow: ``(3, X, Y, Z)`` displacement in voxels on the fixed grid.
+        flow: ``(3, X, Y, Z)`` displacement in voxels on the fixed grid (into the moving grid).
         affine: the fixed image's affine (voxel -> RAS mm).
+        moving_affine: the moving image's affine; ``None`` means the same as ``affine``. Needed
+            whenever the two grids differ (e.g. different crops), since the world displacement is
+            ``A_m (p + u) - A_f p``.
     """
     import nibabel as nib
 
-    disp_ras = disp_voxel_to_ras_mm(flow, affine)
+    flow = np.asarray(flow, dtype=np.float64)
+    if moving_affine is None or np.allclose(moving_affine, affine):
+        disp_ras = disp_voxel_to_ras_mm(flow, affine)
+    else:
+        A_f = np.asarray(affine, dtype=np.float64)
+        A_m = np.asarray(moving_affine, dtype=np.float64)
+        grid = np.stack(np.meshgrid(*[np.arange(n) for n in flow.shape[1:]], indexing="ij"))
+        tgt = grid + flow
+        world_m = np.einsum("ij,j...->i...", A_m[:3, :3], tgt) + A_m[:3, 3].reshape(3, 1, 1, 1)
+        world_f = np.einsum("ij,j...->i...", A_f[:3, :3], grid) + A_f[:3, 3].reshape(3, 1, 1, 1)
+        disp_ras = world_m - world_f
     disp_lps = disp_ras.copy()
     disp_lps[0] *= -1.0
     disp_lps[1] *= -1.0

@@ -230,7 +230,8 @@ def model_config(wc):
         "lr": TRAIN["lr"],
         "lr_halve_after": TRAIN["lr_halve_after"],
         "seed": TRAIN["seed"],
-        "augment": TRAIN["augment"],
+        # targets (ANTs flows) do not follow a random deformation of the moving image
+        "augment": TRAIN["augment"] and not m["supervised"],
         "checkpoint_every": TRAIN["checkpoint_every"],
         "inv_weight": TRAIN["inv_weight"] if m["inv"] else 0.0,
         "supervised": m["supervised"],

@@ -1,0 +1,334 @@
+"""Tests of vtn.train: config validation, lr schedule, learning, exact resume, checkpoints."""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vtn import train as T
+from vtn.io import InputError, save_disp_l2r
+
+
+def make_subjects(folder, n=4, size=16, seed=0, seg=True, landmarks=True, name="subjects.csv",
+                  affine=None):
+    """Fake preprocessed dataset: smooth blobs at random centres, float32 in [0, 1].
+
+    Writes ``<subject>_image.nii.gz`` (+ seg, landmarks) and ``subjects.csv``; returns its path.
+    The default affine is anisotropic with an offset so that affine handling is exercised.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    g = np.stack(np.meshgrid(*[np.arange(size)] * 3, indexing="ij")).astype(np.float64)
+    if affine is None:
+        affine = np.diag([1.5, 1.0, 2.0, 1.0])
+        affine[:3, 3] = [-20.0, 10.0, 5.0]
+    rows = []
+    for s in range(n):
+        c = size / 2 + rng.uniform(-size / 8, size / 8, 3)
+        r = np.sqrt(((g - c[:, None, None, None]) ** 2).sum(0))
+        img = np.exp(-((r / (size / 5)) ** 2))
+        img = img + 0.3 * np.exp(-(((g[0] - c[0] - size / 6) / (size / 10)) ** 2))
+        img = (img / img.max()).astype(np.float32)
+        sid = f"s{s:02d}"
+        nib.save(nib.Nifti1Image(img, affine), str(folder / f"{sid}_image.nii.gz"))
+        row = {"subject": sid, "image": f"{sid}_image.nii.gz", "seg": "", "landmarks": ""}
+        if seg:
+            lab = (r < size / 5).astype(np.uint8)
+            nib.save(nib.Nifti1Image(lab, affine), str(folder / f"{sid}_seg.nii.gz"))
+            row["seg"] = f"{sid}_seg.nii.gz"
+        if landmarks:
+            pts = c[None] + rng.uniform(-3, 3, (4, 3))
+            pd.DataFrame({"name": [f"L{k}" for k in range(4)], "i": pts[:, 0], "j": pts[:, 1],
+                          "k": pts[:, 2]}).to_csv(folder / f"{sid}_landmarks.csv", index=False)
+            row["landmarks"] = f"{sid}_landmarks.csv"
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(folder / name, index=False)
+    return folder / name
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(**kw):
+    cfg = dict(type="vtn", cascade="AD", image_size=16, epochs=1, iterations=6, batch=2,
+               lr=1e-4, augment=True, checkpoint_every=2, seed=3)
+    cfg.update(kw)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# pure functions
+# ---------------------------------------------------------------------------------------------
+
+
+def test_learning_rate_schedule_exact():
+    assert [T.learning_rate(e, 1e-4, 4) for e in range(7)] == [
+        1e-4, 1e-4, 1e-4, 1e-4, 5e-5, 2.5e-5, 1.25e-5]
+    assert T.learning_rate(0, 2e-3, 0) == 1e-3
+    assert T.learning_rate(3, 1.0, 2) == 0.25
+
+
+def test_config_validation(tmp_path):
+    cfg = T.load_config({"cascade": "ADDD", "lr": 1})
+    assert cfg["lr"] == 1.0 and isinstance(cfg["lr"], float)
+    assert cfg["batch"] == 8 and cfg["epochs"] == 5 and cfg["iterations"] == 20000
+    with pytest.raises(InputError, match="'lerning_rate'"):
+        T.load_config({"lerning_rate": 1e-4})
+    with pytest.raises(InputError, match="'batch' must be int"):
+        T.load_config({"batch": "8"})
+    with pytest.raises(InputError, match="'augment' must be bool"):
+        T.load_config({"augment": 1})
+    with pytest.raises(InputError, match="'type'"):
+        T.load_config({"type": "unet"})
+    with pytest.warns(UserWarning, match="without augmentation"):
+        assert T.load_config({"supervised": True})["augment"] is False
+    with pytest.raises(InputError, match="loss_weights"):
+        T.load_config({"cascade": "AD", "loss_weights": [{"sim": 1.0}]})
+    path = tmp_path / "model.yaml"
+    path.write_text("type: vtn\ncascade: AD\nlr: 1e-4\nbatchsize: 3\n")
+    with pytest.raises(InputError, match=r"model\.yaml.*'batchsize'"):
+        T.load_config(path)
+    path.write_text("type: vtn\ncascade: AD\nlr: 1e-4\n")
+    assert T.load_config(path)["lr"] == 1e-4  # YAML reads 1e-4 as a string
+
+
+def test_pair_schedule_covers_all_ordered_pairs():
+    sched = T.PairSchedule(5, seed=1)
+    f, m, _ = sched(0, 20)
+    pairs = list(zip(f, m))
+    assert sorted(pairs) == [(i, j) for i in range(5) for j in range(5) if i != j]
+    # pure function of the position: a fresh schedule gives the same stream anywhere
+    f2, m2, _ = T.PairSchedule(5, seed=1)(13, 10)
+    assert list(zip(f2, m2))[:7] == pairs[13:]
+    f3, m3, _ = sched(20, 20)  # the second pass is another permutation of the same set
+    assert sorted(zip(f3, m3)) == sorted(pairs) and list(zip(f3, m3)) != pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# training runs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_loss_decreases(tmp_path):
+    csv = make_subjects(tmp_path / "data", n=4, size=32)
+    cfg = _cfg(cascade="D", image_size=32, iterations=30, lr=1e-3, augment=False,
+               checkpoint_every=100)
+    out = T.train([csv], cfg, tmp_path / "m" / "ckpt.pt", tmp_path / "m" / "log.csv",
+                  device="cpu")
+    log = pd.read_csv(tmp_path / "m" / "log.csv")
+    assert list(log.columns) == ["step", "epoch", "lr", "seconds", "total", "sim_0", "tv_0"]
+    assert log["step"].tolist() == list(range(1, 31))
+    assert log["total"].tail(5).mean() < 0.5 * log["total"].head(5).mean()
+    assert log["sim_0"].tail(5).mean() < log["sim_0"].head(5).mean()
+    assert out == tmp_path / "m" / "ckpt.pt" and out.exists()
+
+
+def test_checkpoint_weights_only_and_rebuild(tmp_path):
+    from vtn.networks import build_model
+
+    csv = make_subjects(tmp_path / "data", n=3)
+    out = T.train([csv], _cfg(iterations=2), tmp_path / "ckpt.pt", tmp_path / "log.csv",
+                  device="cpu")
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    assert set(ckpt) == set(T.CHECKPOINT_KEYS)
+    assert ckpt["step"] == 2 and ckpt["finished"] is True and ckpt["epoch"] == 0
+    assert ckpt["model_config"]["spec"] == "AD" and ckpt["model_config"]["type"] == "vtn"
+    assert ckpt["train_config"]["cascade"] == "AD" and ckpt["subjects"] == ["s00", "s01", "s02"]
+    assert set(ckpt["rng"]) == {"torch_cpu", "torch_cuda", "numpy", "python"}
+    assert ckpt["optimizer_state"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert ckpt["optimizer_state"]["param_groups"][0]["eps"] == 1e-8
+    model = build_model(ckpt["model_config"])
+    model.load_state_dict(ckpt["model_state"])
+    # periodic checkpoints: atomically written, pruned to keep_checkpoints, same format
+    periodic = sorted((tmp_path / "ckpt").glob("*.pt"))
+    assert [p.name for p in periodic] == ["step000000002.pt"]
+    assert not list((tmp_path / "ckpt").glob(".tmp-*"))
+    assert T.load_checkpoint(periodic[0])["finished"] is False
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="bad.pt"):
+        T.load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_lr_schedule_in_run(tmp_path):
+    csv = make_subjects(tmp_path / "data", n=3)
+    T.train([csv], _cfg(cascade="D", epochs=3, iterations=2, lr_halve_after=1,
+                        checkpoint_every=10, augment=False),
+            tmp_path / "c.pt", tmp_path / "log.csv", device="cpu")
+    log = pd.read_csv(tmp_path / "log.csv")
+    assert log["lr"].tolist() == [1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5]
+    assert log["epoch"].tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_exact_resume(tmp_path, monkeypatch):
+    csv = make_subjects(tmp_path / "data", n=4)
+    cfg = _cfg()  # AD, 6 steps, batch 2, augmentation on, checkpoint every 2
+    full = T.train([csv], cfg, tmp_path / "a" / "c.pt", tmp_path / "a" / "log.csv", device="cpu")
+    ref = torch.load(full, weights_only=True)
+
+    # (1) stopped at step 4 by max_steps, then resumed
+    part = T.train([csv], cfg, tmp_path / "b" / "c.pt", tmp_path / "b" / "log.csv",
+                   device="cpu", max_steps=4)
+    assert part == tmp_path / "b" / "ckpt" / "step000000004.pt"
+    assert not (tmp_path / "b" / "c.pt").exists()
+    done = T.train([csv], cfg, tmp_path / "b" / "c.pt", tmp_path / "b" / "log.csv", device="cpu")
+    res = torch.load(done, weights_only=True)
+
+    # (2) crashed in step 4 (after the checkpoint of step 2), then resumed
+    import vtn.losses
+
+    calls = {"n": 0}
+    real = vtn.losses.VTNLoss.forward
+
+    def crashing(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated crash")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(vtn.losses.VTNLoss, "forward", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        T.train([csv], cfg, tmp_path / "c" / "c.pt", tmp_path / "c" / "log.csv", device="cpu")
+    monkeypatch.setattr(vtn.losses.VTNLoss, "forward", real)
+    assert len(pd.read_csv(tmp_path / "c" / "log.csv")) == 3  # step 3 was logged, not saved
+    crashed = T.train([csv], cfg, tmp_path / "c" / "c.pt", tmp_path / "c" / "log.csv",
+                      device="cpu")
+    cra = torch.load(crashed, weights_only=True)
+
+    for other in (res, cra):
+        assert other["step"] == ref["step"] == 6
+        assert ref["model_state"].keys() == other["model_state"].keys()
+        for k, v in ref["model_state"].items():
+            assert torch.equal(v, other["model_state"][k]), k
+        for pid, st in ref["optimizer_state"]["state"].items():
+            for k, v in st.items():
+                assert torch.equal(v, other["optimizer_state"]["state"][pid][k])
+    # the logs agree (the resumed log was truncated to the checkpoint, then continued)
+    la = pd.read_csv(tmp_path / "a" / "log.csv").drop(columns="seconds")
+    for d in ("b", "c"):
+        lb = pd.read_csv(tmp_path / d / "log.csv").drop(columns="seconds")
+        pd.testing.assert_frame_equal(la, lb)
+    # and the weights did change during training
+    init = torch.load(tmp_path / "a" / "ckpt" / "step000000004.pt", weights_only=True)
+    assert any(not torch.equal(v, init["model_state"][k]) for k, v in ref["model_state"].items())
+
+
+def test_resume_refuses_other_config(tmp_path):
+    csv = make_subjects(tmp_path / "data", n=3)
+    T.train([csv], _cfg(cascade="D", iterations=2), tmp_path / "c.pt", tmp_path / "l.csv",
+            device="cpu", max_steps=2)
+    with pytest.raises(InputError, match="different run.*'lr'"):
+        T.train([csv], _cfg(cascade="D", iterations=2, lr=1e-3), tmp_path / "c.pt",
+                tmp_path / "l.csv", device="cpu")
+
+
+def test_nan_guard(tmp_path, monkeypatch):
+    import vtn.losses
+
+    csv = make_subjects(tmp_path / "data", n=3)
+    real = vtn.losses.total_variation
+    calls = {"n": 0}
+
+    def poisoned(flow, *a, **k):
+        calls["n"] += 1
+        v = real(flow, *a, **k)
+        return v * float("nan") if calls["n"] >= 3 else v
+
+    monkeypatch.setattr(vtn.losses, "total_variation", poisoned)
+    with pytest.raises(T.NonFiniteLossError,
+                       match=r"step 3: .*tv_1.*Last good checkpoint: .*step000000002\.pt"):
+        T.train([csv], _cfg(), tmp_path / "c.pt", tmp_path / "log.csv", device="cpu")
+    assert not (tmp_path / "c.pt").exists()
+    assert T.latest_checkpoint(tmp_path / "ckpt").name == "step000000002.pt"
+    assert len(pd.read_csv(tmp_path / "log.csv")) == 2
+
+
+@pytest.mark.filterwarnings("ignore:.*trains without augmentation")
+def test_inv_voxelmorph_supervised_and_cli(tmp_path):
+    csv = make_subjects(tmp_path / "data", n=3)
+    # + inv: the model also runs on the swapped pair
+    T.train([csv], _cfg(cascade="D", iterations=1, inv_weight=1e-3), tmp_path / "i.pt",
+            tmp_path / "i.csv", device="cpu")
+    cols = pd.read_csv(tmp_path / "i.csv").columns
+    assert {"inv", "sim_0_rev", "tv_0_rev"} <= set(cols)
+    # VoxelMorph-2
+    T.train([csv], _cfg(type="voxelmorph2", cascade="D", iterations=1, reg_weight=1.0),
+            tmp_path / "v.pt", tmp_path / "v.csv", device="cpu", ckpt_dir=tmp_path / "vck")
+    assert T.load_checkpoint(tmp_path / "v.pt")["model_config"]["type"] == "voxelmorph2"
+    assert list(pd.read_csv(tmp_path / "v.csv").columns)[4:] == ["total", "ncc", "grad"]
+    # supervised on listed pairs with a known target
+    tdir = tmp_path / "targets"
+    for f, m in (("s00", "s01"), ("s02", "s00")):
+        save_disp_l2r(tdir / f"disp_{f}_{m}.nii.gz", np.full((3, 16, 16, 16), 0.5, np.float32),
+                      np.eye(4))
+    pd.DataFrame({"fixed": ["s00", "s02"], "moving": ["s01", "s00"]}).to_csv(
+        tmp_path / "tp.csv", index=False)
+    yaml = tmp_path / "sup.yaml"
+    yaml.write_text("type: vtn\ncascade: D\nimage_size: 16\nepochs: 1\niterations: 2\nbatch: 2\n"
+                    "augment: true\nsupervised: true\ncheckpoint_every: 5\n")
+    rc = T.cli(["--subjects", str(csv), "--config", str(yaml), "--out", str(tmp_path / "s.pt"),
+                "--log", str(tmp_path / "s.csv"), "--device", "cpu", "--targets", str(tdir),
+                "--target-pairs", str(tmp_path / "tp.csv"), "--ckpt-dir", str(tmp_path / "sck")])
+    assert rc == 0 and (tmp_path / "s.pt").exists()
+    log = pd.read_csv(tmp_path / "s.csv")
+    assert "epe" in log.columns and "sim_0" not in log.columns
+    # errors name the file
+    pd.DataFrame({"fixed": ["s00"], "moving": ["s09"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(InputError, match=r"bad\.csv.*'s09'"):
+        T.train([csv], yaml, tmp_path / "x.pt", tmp_path / "x.csv", device="cpu",
+                targets=tdir, target_pairs=tmp_path / "bad.csv", ckpt_dir=tmp_path / "xck")
+    small = make_subjects(tmp_path / "small", n=2, size=8)
+    rc = T.cli(["--subjects", str(small), "--config", str(yaml), "--out", str(tmp_path / "y.pt"),
+                "--log", str(tmp_path / "y.csv"), "--device", "cpu"])
+    assert rc == 1
+
+
+def test_bench_json(capsys):
+    import json
+
+    from vtn import bench
+    from vtn.cli import main
+
+    assert bench.cli(["--size", "32", "--batch", "2", "--repeats", "1", "--device", "cpu",
+                      "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for key in ("infer_ms_per_pair_b1", "infer_ms_per_pair", "train_ms_per_step"):
+        assert res[key] > 0
+    assert res["cascade"] == "ADDD" and res["size"] == 32 and res["batch"] == 2
+    assert res["train_peak_mib"] is None and res["device"] == "cpu"
+    assert res["params"] > 1_000_000
+    # dispatched as `vtn bench`, human-readable output
+    assert main(["bench", "--cascade", "D", "--size", "16", "--batch", "2", "--repeats", "1",
+                 "--device", "cpu", "--inv"]) == 0
+    text = capsys.readouterr().out
+    assert "D +inv at 16^3" in text and "training step, batch 2:" in text
+
+
+def test_nonfinite_parameters_are_not_checkpointed(tmp_path, monkeypatch):
+    csv = make_subjects(tmp_path / "data", n=3)
+    real_step = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        out = real_step(self, *a, **k)
+        if calls["n"] == 4:  # finite loss, but the update poisons a weight
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    with pytest.raises(T.NonFiniteLossError, match=r"step 4: .*parameters became NaN/Inf"):
+        T.train(str(csv), _cfg(cascade="D", augment=False), tmp_path / "c.pt",
+                tmp_path / "log.csv", device="cpu")
+    assert T.latest_checkpoint(tmp_path / "ckpt").name == "step000000002.pt"
+    state = T.load_checkpoint(tmp_path / "ckpt" / "step000000002.pt")["model_state"]
+    assert all(torch.isfinite(v).all() for v in state.values())

@@ -1,0 +1,187 @@
+"""Inference / training-step benchmark (``vtn bench``, ``python -m vtn.bench``).
+
+Measures, on random inputs of size ``S^3``:
+
+* ``infer_ms_per_pair_b1``: model forward at batch 1 (no gradients), ms per pair;
+* ``infer_ms_per_pair``: model forward at ``--batch`` pairs, ms per pair;
+* ``train_ms_per_step``: one optimisation step at ``--batch`` pairs (forward, :class:`VTNLoss`
+  or :class:`VoxelMorphLoss`, backward, Adam), ms per step; with ``--inv`` the model also runs on
+  the swapped pair and the invertibility term is added (the "+inv" variants);
+* on CUDA the peak allocated memory of each phase (MiB).
+
+Warm-up iterations (``--warmup``, default 1; more with ``--compile``) are run first and excluded;
+every timed region ends with ``torch.cuda.synchronize``. Default precision is plain float32;
+``--bf16`` (autocast), ``--channels-last`` and ``--compile`` (``torch.compile``) enable the fast
+path used by ``vtn train`` on CUDA (``fast: true``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+
+import torch
+
+__all__ = ["run_bench", "cli"]
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _peak_reset(dev):
+    if dev.type == "cuda":
+        _sync(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def _peak_mib(dev):
+    if dev.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(dev) / 2**20
+
+
+def run_bench(cascade: str = "ADDD", size: int = 128, batch: int = 8, device: str = "cpu",
+              repeats: int = 5, warmup: int = 1, inv: bool = False, model_type: str = "vtn",
+              bf16: bool = False, channels_last: bool = False, compile: bool = False,
+              seed: int = 0) -> dict:
+    """Run the benchmark and return its results as a dict (see module docstring for keys)."""
+    from vtn import losses, networks
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if repeats < 1 or warmup < 0 or batch < 1:
+        raise ValueError("need repeats >= 1, warmup >= 0, batch >= 1")
+    torch.manual_seed(seed)
+    if model_type == "vtn":
+        model = networks.build_cascade(cascade, size)
+        loss_fn = losses.VTNLoss(cascade, inv_weight=1e-3 if inv else 0.0)
+    elif model_type == "voxelmorph2":
+        if inv:
+            raise ValueError("--inv is only defined for VTN cascades")
+        model = networks.build_model({"type": "voxelmorph2", "image_size": size})
+        loss_fn = losses.VoxelMorphLoss()
+    else:
+        raise ValueError(f"unknown model type {model_type!r}")
+    n_params = sum(p.numel() for p in model.parameters())
+    model.to(dev)
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    if channels_last:
+        model.to(memory_format=fmt)
+    fwd = torch.compile(model) if compile else model
+    autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if bf16
+                else contextlib.nullcontext())
+
+    def images(b):
+        g = torch.Generator().manual_seed(seed + b)
+        f = torch.rand(b, 1, size, size, size, generator=g)
+        m = torch.rand(b, 1, size, size, size, generator=g)
+        return (f.to(dev).contiguous(memory_format=fmt), m.to(dev).contiguous(memory_format=fmt))
+
+    def timed(fn, n_warm):
+        for _ in range(n_warm):
+            fn()
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        _sync(dev)
+        return (time.perf_counter() - t0) / repeats
+
+    result = {
+        "model_type": model_type, "cascade": cascade if model_type == "vtn" else "D",
+        "size": size, "batch": batch, "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(), "repeats": repeats, "warmup": warmup, "inv": inv,
+        "bf16": bf16, "channels_last": channels_last, "compile": compile,
+        "params": n_params, "torch": str(torch.__version__),
+    }
+
+    # inference
+    model.eval()
+    for b, key in ((1, "infer_ms_per_pair_b1"), (batch, "infer_ms_per_pair")):
+        f, m = images(b)
+
+        def infer():
+            with torch.inference_mode(), autocast:
+                fwd(f, m)
+
+        _peak_reset(dev)
+        sec = timed(infer, warmup)
+        result[key] = sec * 1000.0 / b
+        result[key.replace("infer_ms_per_pair", "infer_peak_mib")] = _peak_mib(dev)
+        del f, m
+
+    # training step
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+    f, m = images(batch)
+
+    def step():
+        with autocast:
+            out = fwd(f, m)
+            out_rev = fwd(m, f) if inv else None
+            if model_type == "vtn":
+                loss, _ = loss_fn(out, f, out_reverse=out_rev)
+            else:
+                loss, _ = loss_fn(out, f)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    _peak_reset(dev)
+    sec = timed(step, warmup)
+    result["train_ms_per_step"] = sec * 1000.0
+    result["train_peak_mib"] = _peak_mib(dev)
+    return result
+
+
+def cli(argv=None) -> int:
+    """``vtn bench --cascade ADDD --size 128 --batch 8 --device cpu|cuda [--json]``."""
+    ap = argparse.ArgumentParser(prog="vtn bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cascade", default="ADDD", help="VTN cascade spec (A?D+)")
+    ap.add_argument("--type", default="vtn", choices=["vtn", "voxelmorph2"], dest="model_type")
+    ap.add_argument("--size", type=int, default=128, help="image size S (S^3 volumes)")
+    ap.add_argument("--batch", type=int, default=8, help="pairs per batch")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument("--repeats", type=int, default=5, help="timed iterations per measurement")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed warm-up iterations (default 1, 3 with --compile)")
+    ap.add_argument("--inv", action="store_true", help="training step of the '+inv' variant")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    ap.add_argument("--channels-last", action="store_true", help="channels_last_3d memory format")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)
+    try:
+        res = run_bench(args.cascade, args.size, args.batch, args.device, args.repeats, warmup,
+                        args.inv, args.model_type, args.bf16, args.channels_last, args.compile)
+    except ValueError as exc:
+        print(f"vtn bench: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(res))
+    else:
+        name = res["cascade"] if args.model_type == "vtn" else "VoxelMorph-2"
+        print(f"{name}{' +inv' if args.inv else ''} at {args.size}^3 on {res['device_name']} "
+              f"({res['threads']} threads, {res['params'] / 1e6:.2f} M parameters)")
+        rows = [("inference, batch 1", res["infer_ms_per_pair_b1"], "ms/pair"),
+                (f"inference, batch {args.batch}", res["infer_ms_per_pair"], "ms/pair"),
+                (f"training step, batch {args.batch}", res["train_ms_per_step"], "ms/step")]
+        for label, value, unit in rows:
+            print(f"  {(label + ':').ljust(28)}{value:10.1f} {unit}")
+        if res["train_peak_mib"] is not None:
+            print(f"  peak memory: inference b1 {res['infer_peak_mib_b1']:.0f} MiB, "
+                  f"b{args.batch} {res['infer_peak_mib']:.0f} MiB, "
+                  f"training {res['train_peak_mib']:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
