@@ -1,0 +1,217 @@
+"""``vtn baseline``: register every pair with ANTs or Elastix and write the output contract.
+
+Output (``docs/design.md``, "Output contract of every registration method"), in ``--out``:
+``disp_<f>_<m>.nii.gz`` (Learn2Reg voxel displacement on the fixed grid), ``warped_<f>_<m>.nii.gz``
+(the moving image warped with *our* trilinear, border-clamped warp through the converted field,
+fixed affine), ``warpedseg_<f>_<m>.nii.gz`` (nearest neighbour, when the moving subject has a
+segmentation), ``landmarks_<f>_<m>.csv`` (fixed landmarks carried into the moving image,
+``p + disp(p)``, when the fixed subject has landmarks), ``times.csv``
+(``fixed,moving,seconds,device,threads``; seconds = the tool's registration call only, without
+file I/O and field conversion) and ``method.json`` (tool, preset, full argument list / parameter
+maps, versions, threads).
+
+The same command produces the target flows of the supervised VTN variant: call it with a pairs CSV
+of training pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vtn.io import (InputError, atomic_write_json, load_landmarks, load_volume, read_pairs,
+                    read_subjects, save_disp_l2r, save_landmarks, save_volume)
+
+__all__ = ["METHODS", "run_baseline", "cli"]
+
+METHODS = ("ants", "elastix")
+_AFFINE_ATOL = 1e-3  # mm; two headers within this are the same grid
+
+
+def _header(path):
+    """``(shape, affine)`` of a NIfTI file without reading its voxels."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read NIfTI header ({type(exc).__name__}: {exc})") from exc
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {shape}")
+    return shape, np.asarray(img.affine, dtype=np.float64)
+
+
+def _check_inputs(subjects, pairs, subjects_csv, pairs_csv):
+    """Validate every file a pair needs before any (slow) registration starts."""
+    used = sorted({s for p in pairs for s in p})
+    for s in used:
+        if s not in subjects:
+            raise InputError(f"{pairs_csv}: subject {s!r} is not listed in {subjects_csv}")
+    grids = {}
+    for s in used:
+        row = subjects[s]
+        if row["image"] is None:
+            raise InputError(f"{subjects_csv}: subject {s!r} has no image")
+        shape, aff = _header(row["image"])
+        grids[s] = (shape, aff)
+        if row["seg"] is not None:
+            sshape, saff = _header(row["seg"])
+            if sshape != shape or not np.allclose(saff, aff, atol=_AFFINE_ATOL):
+                raise InputError(
+                    f"{row['seg']}: segmentation grid (shape {sshape}) does not match its image "
+                    f"{row['image']} (shape {shape}) in shape or affine")
+        if row["landmarks"] is not None and not Path(row["landmarks"]).exists():
+            raise InputError(f"{row['landmarks']}: landmark file not found")
+    for f, m in pairs:
+        if grids[f][0] != grids[m][0]:
+            raise InputError(
+                f"moving image {subjects[m]['image']} has shape {grids[m][0]} but fixed image "
+                f"{subjects[f]['image']} has shape {grids[f][0]}; resample to one size first "
+                f"(vtn preprocess)")
+
+
+def _register(method, fixed, moving, preset, threads, seed):
+    if method == "ants":
+        from vtn.baselines.ants import register_ants
+
+        return register_ants(fixed, moving, preset=preset, threads=threads, seed=seed)
+    if method == "elastix":
+        from vtn.baselines.elastix import register_elastix
+
+        return register_elastix(fixed, moving, preset=preset, threads=threads)
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def run_baseline(method, subjects_csv, pairs_csv, out_dir, preset="paper", threads=1, seed=1):
+    """Register every pair of ``pairs_csv`` with ANTs or Elastix and write the output contract.
+
+    Args:
+        method: ``"ants"`` or ``"elastix"``.
+        subjects_csv: ``subjects.csv`` (``subject,image,seg,landmarks``).
+        pairs_csv: ``fixed,moving`` subject ids.
+        out_dir: output folder (created; files are overwritten).
+        preset: ``"paper"`` (the paper's footnote 2/3 settings) or ``"fast"``.
+        threads: ITK threads of the tool.
+        seed: ANTs ``--random-seed`` (Elastix uses its own fixed default seed).
+
+    Returns:
+        ``out_dir`` as a :class:`Path`.
+
+    Raises:
+        InputError: a missing/unreadable file, a pair naming an unknown subject, a segmentation
+            whose grid differs from its image, fixed and moving of different shapes.
+    """
+    import pandas as pd
+    import torch
+
+    from vtn.functional import transport_points, warp, warp_labels
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(threads))
+    out_dir = Path(out_dir)
+    subjects = {r["subject"]: r for r in read_subjects(subjects_csv)}
+    pairs = read_pairs(pairs_csv)
+    if not pairs:
+        raise InputError(f"{pairs_csv}: no pairs listed")
+    _check_inputs(subjects, pairs, subjects_csv, pairs_csv)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    rows, infos = [], []
+    for f, m in pairs:
+        fpath, mpath = subjects[f]["image"], subjects[m]["image"]
+        disp, seconds, info = _register(method, fpath, mpath, preset, threads, seed)
+        infos.append(info)
+        _, faff = load_volume(fpath)
+        mov, _ = load_volume(mpath)
+        if disp.shape[1:] != mov.shape:
+            raise RuntimeError(f"{method} returned a field of shape {disp.shape} for {fpath}")
+        flow = torch.from_numpy(np.ascontiguousarray(disp)).unsqueeze(0)  # (1, 3, D, H, W)
+        save_disp_l2r(out_dir / f"disp_{f}_{m}.nii.gz", disp, faff)
+        with torch.no_grad():
+            warped = warp(torch.from_numpy(mov).view(1, 1, *mov.shape), flow)[0, 0].numpy()
+            save_volume(out_dir / f"warped_{f}_{m}.nii.gz", warped.astype(np.float32), faff)
+            if subjects[m]["seg"] is not None:
+                seg, _ = load_volume(subjects[m]["seg"], dtype=None)
+                if not np.issubdtype(seg.dtype, np.integer):
+                    seg = np.rint(seg).astype(np.int32)
+                lab = torch.from_numpy(seg.astype(np.int64)).view(1, 1, *seg.shape)
+                wl = warp_labels(lab, flow)[0, 0].numpy().astype(seg.dtype)
+                save_volume(out_dir / f"warpedseg_{f}_{m}.nii.gz", wl, faff)
+            if subjects[f]["landmarks"] is not None:
+                names, pts = load_landmarks(subjects[f]["landmarks"])
+                moved = transport_points(torch.from_numpy(pts), flow[0].double())
+                save_landmarks(out_dir / f"landmarks_{f}_{m}.csv", names, moved.numpy())
+        rows.append({"fixed": f, "moving": m, "seconds": float(seconds), "device": "cpu",
+                     "threads": int(threads)})
+
+    tmp = out_dir / ".tmp-times.csv"
+    pd.DataFrame(rows, columns=["fixed", "moving", "seconds", "device", "threads"]).to_csv(
+        tmp, index=False)
+    tmp.replace(out_dir / "times.csv")
+
+    first = infos[0]
+    meta = {
+        "method": method,
+        "tool": first["tool"],
+        "preset": preset,
+        "threads": int(threads),
+        "device": "cpu",
+        "timing": "wall time of the tool's registration call only (no I/O, no field conversion)",
+        "versions": {"tool": first["version"]},
+        # the first pair's arguments; the others differ only in file and temporary paths
+        "arguments": first["arguments"],
+        "warp": "moving image resampled with vtn.functional.warp (trilinear, border clamp) "
+                "through the converted voxel field; segmentations nearest neighbour",
+    }
+    if method == "ants":
+        meta["seed"] = int(seed)
+        meta["precision"] = first["precision"]
+    else:
+        meta["parameter_maps"] = first["parameter_maps"]
+    from vtn import __version__
+
+    meta["versions"]["vtn"] = __version__
+    atomic_write_json(out_dir / "method.json", meta)
+    return out_dir
+
+
+def cli(argv=None) -> int:
+    """``vtn baseline --method ants|elastix --preset paper|fast --subjects CSV --pairs CSV
+    --out DIR --threads T [--seed S]``."""
+    ap = argparse.ArgumentParser(prog="vtn baseline",
+                                 description="register pairs with ANTs or Elastix")
+    ap.add_argument("--method", required=True, choices=METHODS)
+    ap.add_argument("--preset", default="paper", choices=("paper", "fast"),
+                    help="paper: the paper's settings (footnotes 2-3); fast: fewer iterations")
+    ap.add_argument("--subjects", required=True, help="subjects.csv")
+    ap.add_argument("--pairs", required=True, help="pairs.csv (fixed,moving)")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--threads", type=int, default=1, help="ITK threads of the tool")
+    ap.add_argument("--seed", type=int, default=1, help="ANTs --random-seed (non-zero)")
+    args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error("--threads must be >= 1")
+    if args.seed == 0:
+        ap.error("--seed must be non-zero (ANTs treats 0 as 'seed from the clock')")
+    try:
+        run_baseline(args.method, args.subjects, args.pairs, args.out, preset=args.preset,
+                     threads=args.threads, seed=args.seed)
+    except InputError as exc:
+        print(f"vtn baseline: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli())
