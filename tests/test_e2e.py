@@ -68,3 +68,16 @@ def test_tables_figures_claims(tiny_run):
     claims = (work / "results/claims.md").read_text()
     assert "PASS" in claims or "FAIL" in claims or "inconclusive" in claims
     assert "Total wall time" in (work / "results/runtime.md").read_text()
+
+
+def test_html_report(tiny_run):
+    work = tiny_run
+    report = work / "results" / "report.html"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
+           "--directory", str(work), "--configfile", str(ROOT / "tests" / "configs" / "tiny.yaml"),
+           "--config", f"resources={RESOURCES}", "--report", str(report)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = report.read_text(errors="replace")
+    for name in ("table2_methods", "figure6_methods", "claims.md", "training_curves"):
+        assert name in html

@@ -27,6 +27,7 @@ import csv
 import math
 import os
 import random
+import shutil
 import sys
 import time
 import warnings
@@ -592,7 +593,11 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
             "versions": {"torch": str(torch.__version__), "vtn": str(__version__)},
         }
 
-    csv_log = _CsvLog(log, step)
+    # The running log lives beside the checkpoints (a workflow manager deletes the declared
+    # outputs of a killed job, and the resumed run must continue the full history); it is
+    # copied to ``log`` whenever training returns.
+    run_log = ckpt_dir / "train_log.csv"
+    csv_log = _CsvLog(run_log, step)
     tb = _tensorboard(log)
     try:
         from tqdm import tqdm
@@ -668,6 +673,10 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
                 _prune(ckpt_dir, cfg["keep_checkpoints"])
     finally:
         csv_log.close()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        tmp_log = log.with_name(".tmp-" + log.name)
+        shutil.copyfile(run_log, tmp_log)
+        os.replace(tmp_log, log)
         if bar is not None:
             bar.close()
         if tb is not None:

@@ -2,6 +2,7 @@
 
 
 localrules:
+    fetch_resources,
     model_config,
     study_spec,
     tables,
