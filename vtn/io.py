@@ -17,6 +17,7 @@ __all__ = [
     "load_volume",
     "save_volume",
     "load_landmarks",
+    "load_raw_landmarks",
     "save_landmarks",
     "read_subjects",
     "read_pairs",
@@ -81,6 +82,30 @@ def save_volume(path, array, affine) -> None:
     os.replace(tmp, path)
 
 
+def _read_points(path, columns, what):
+    """Read a CSV of named points: ``(names, (N, 3) float64)`` with one clear error per problem."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: landmark file not found")
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read landmark CSV ({exc})") from exc
+    missing = {"name", *columns} - set(df.columns)
+    if missing:
+        raise InputError(f"{path}: landmark CSV lacks columns {sorted(missing)} (expects "
+                         f"name,{','.join(columns)}: {what})")
+    try:
+        pts = df[list(columns)].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: non-numeric landmark coordinates ({exc})") from exc
+    if not np.isfinite(pts).all():
+        raise InputError(f"{path}: landmark coordinates contain NaN/Inf")
+    return [str(n) for n in df["name"]], pts
+
+
 def load_landmarks(path, shape=None):
     """Read a landmark CSV ``name,i,j,k`` (voxel indices along array axes 0, 1, 2).
 
@@ -91,28 +116,19 @@ def load_landmarks(path, shape=None):
     Returns:
         ``(names list, array (N, 3) float64)``.
     """
-    import pandas as pd
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: landmark file not found")
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read landmark CSV ({exc})") from exc
-    missing = {"name", "i", "j", "k"} - set(df.columns)
-    if missing:
-        raise InputError(f"{path}: landmark CSV lacks columns {sorted(missing)}")
-    pts = df[["i", "j", "k"]].to_numpy(dtype=np.float64)
-    if not np.isfinite(pts).all():
-        raise InputError(f"{path}: landmark coordinates contain NaN/Inf")
+    names, pts = _read_points(path, ("i", "j", "k"), "voxel indices")
     if shape is not None:
         hi = np.asarray(shape, dtype=np.float64) - 1
         bad = ((pts < 0) | (pts > hi)).any(axis=1)
         if bad.any():
-            names = ", ".join(str(n) for n in df["name"][bad])
-            raise InputError(f"{path}: landmark(s) {names} outside the image of shape {tuple(shape)}")
-    return [str(n) for n in df["name"]], pts
+            out = ", ".join(n for n, b in zip(names, bad) if b)
+            raise InputError(f"{path}: landmark(s) {out} outside the image of shape {tuple(shape)}")
+    return names, pts
+
+
+def load_raw_landmarks(path):
+    """Read a raw landmark CSV ``name,x,y,z`` (RAS world mm); returns ``(names, (N, 3) mm)``."""
+    return _read_points(path, ("x", "y", "z"), "RAS world mm")
 
 
 def save_landmarks(path, names, points) -> None:

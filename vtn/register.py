@@ -24,19 +24,11 @@ import numpy as np
 import torch
 
 from vtn.functional import transport_points, warp_labels
+from vtn.train import resolve_device
 from vtn.io import (InputError, atomic_write_json, load_landmarks, load_volume, read_pairs,
                     read_subjects, save_disp_l2r, save_itk_warp, save_landmarks, save_volume)
 
 __all__ = ["load_model", "register_pairs", "cli"]
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def _device_name(dev: torch.device) -> str:
@@ -89,7 +81,7 @@ def register_pairs(checkpoint, subjects_csv, pairs_csv, out_dir, device: str = "
             size (messages name the file).
     """
     out_dir = Path(out_dir)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, dev)
     shape = tuple(getattr(model, "image_shape", ()))
     subjects = {r["subject"]: r for r in read_subjects(subjects_csv)}

@@ -493,7 +493,8 @@ def _tensorboard(log_path: Path):
 # ----------------------------------------------------------------------------------------------
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; a CUDA device without CUDA is an InputError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -530,7 +531,7 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
     out = Path(out)
     log = Path(log)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else out.parent / "ckpt"
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     fast = (cfg["fast"] if cfg["fast"] is not None else True) and dev.type == "cuda"
 
     if isinstance(subject_csvs, (str, Path)):

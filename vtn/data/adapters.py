@@ -251,7 +251,7 @@ def import_dataset(layout, path, out, landmarks_dir=None, affine=None):
     """
     import pandas as pd
 
-    from vtn.data.preprocess import read_raw_landmarks
+    from vtn.io import load_raw_landmarks
 
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -287,7 +287,7 @@ def import_dataset(layout, path, out, landmarks_dir=None, affine=None):
         for r in rows:
             for cand in (ld / f"{r['subject']}.csv", ld / f"{r['subject']}_landmarks.csv"):
                 if cand.exists():
-                    read_raw_landmarks(cand)  # validates name,x,y,z
+                    load_raw_landmarks(cand)  # validates name,x,y,z
                     r["landmarks"] = cand
                     break
     table = [{"subject": r["subject"],

@@ -51,7 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vtn.io import InputError, atomic_write_json, load_volume, read_subjects, save_landmarks, save_volume
+from vtn.io import (InputError, atomic_write_json, load_raw_landmarks, load_volume, read_subjects,
+                    save_landmarks, save_volume)
 
 __all__ = [
     "LIVER_WINDOWS",
@@ -64,7 +65,6 @@ __all__ = [
     "liver_window",
     "robust_minmax",
     "match_histogram",
-    "read_raw_landmarks",
     "world_to_voxel",
     "load_raw_subject",
     "preprocess_subject",
@@ -302,32 +302,6 @@ def match_histogram(image, reference, levels=HIST_LEVELS, match_points=HIST_MATC
 # landmarks
 # --------------------------------------------------------------------------------------------
 
-def read_raw_landmarks(path):
-    """Read a raw landmark CSV ``name,x,y,z`` (RAS world mm).
-
-    Returns:
-        ``(names, points (N, 3) float64 mm)``.
-    """
-    import pandas as pd
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: landmark file not found")
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read landmark CSV ({exc})") from exc
-    missing = {"name", "x", "y", "z"} - set(df.columns)
-    if missing:
-        raise InputError(f"{path}: raw landmark CSV lacks columns {sorted(missing)} (expects name,x,y,z in RAS mm)")
-    try:
-        pts = df[["x", "y", "z"]].to_numpy(dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{path}: non-numeric landmark coordinates ({exc})") from exc
-    if not np.isfinite(pts).all():
-        raise InputError(f"{path}: landmark coordinates contain NaN/Inf")
-    return [str(n) for n in df["name"]], pts
-
 
 def world_to_voxel(points_mm, affine):
     """RAS mm ``(N, 3)`` -> continuous voxel indices ``(N, 3)`` through ``inv(affine)``."""
@@ -490,7 +464,7 @@ def preprocess_subject(image, organ, size, seg=None, landmarks=None, liver_label
 
     lms = None
     if landmarks is not None:
-        names, mm = read_raw_landmarks(landmarks)
+        names, mm = load_raw_landmarks(landmarks)
         rvox = world_to_voxel(mm, aff)
         _check_inside(landmarks, names, rvox, img.shape, f"the image {image}")
         pvox = _apply(np.linalg.inv(prep_to_raw), rvox)
