@@ -274,6 +274,15 @@ def test_ground_truth_transports_landmarks_identity_prep(liver_raw, tmp_path):
         assert np.linalg.norm(pm - pf, axis=1).max() > 1.0  # the pair really is displaced
     log = pd.read_csv(tmp_path / "gt" / "ground_truth.csv")
     assert (log["max_inverse_residual_mm"] < 1e-4).all()
+    # pairs computed in parallel processes give the same files
+    rc = synth.cli_ground_truth(["--raw", str(raw), "--prep", str(prep), "--pairs",
+                                 str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "gt2"),
+                                 "--jobs", "2"])
+    assert rc == 0
+    for f, m in [("liver000", "liver001"), ("liver001", "liver002")]:
+        a, _ = load_disp_l2r(tmp_path / "gt" / f"disp_{f}_{m}.nii.gz")
+        b, _ = load_disp_l2r(tmp_path / "gt2" / f"disp_{f}_{m}.nii.gz")
+        np.testing.assert_array_equal(a, b)
 
 
 def test_ground_truth_with_resampling_prep_matrices(liver_raw):

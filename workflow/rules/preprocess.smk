@@ -47,12 +47,12 @@ rule ground_truth:
         "logs/ground_truth/{embedded}.log",
     benchmark:
         "benchmarks/ground_truth/{embedded}.tsv"
-    threads: 1
+    threads: THREADS
     conda:
         "../envs/vtn.yaml"
     shell:
         "python -m vtn ground-truth --raw {params.raw} --prep {params.prep} --pairs {input.pairs}"
-        " --out {output} > {log} 2>&1"
+        " --out {output} --jobs {threads} > {log} 2>&1"
 
 
 rule prealign:
