@@ -314,3 +314,17 @@ def test_figures_produce_pngs(tmp_path):
     # without the pre-aligned subjects the star method is left out with a note
     res2 = figures.make_figures(spec, mets, regs, prep / "subjects.csv", tmp_path / "fig2")
     assert any("DD-star" in n for n in res2["notes"])
+
+
+def test_prealign_seconds_from_prep_json(tmp_path):
+    import json as _json
+
+    from vtn.report.tables import prealign_seconds
+
+    (tmp_path / "subjects.csv").write_text("subject,image\na,a.nii.gz\nb,b.nii.gz\nc,c.nii.gz\n")
+    for sid, sec in (("a", 2.0), ("b", 4.0)):
+        (tmp_path / f"{sid}_prep.json").write_text(_json.dumps({"prealign_seconds": sec}))
+    (tmp_path / "c_prep.json").write_text(_json.dumps({}))
+    assert prealign_seconds(tmp_path / "subjects.csv") == (3.0, 2)
+    assert prealign_seconds(None) is None
+    assert prealign_seconds(tmp_path / "missing.csv") is None

@@ -348,6 +348,21 @@ def study_spec(study):
         if a.replace("-star", "") != main:
             comparisons.append({"a": main, "b": a, "metrics": ["lm_dist_vox", "iou"]})
     weights = (TRAIN.get("loss_weights") or {}).get(main)
+    notes = []
+    for name in vxm:
+        notes.append(
+            f"{models[name]['display']}: our PyTorch re-implementation of the CVPR 2018 recipe "
+            "(VoxelMorph-2 U-Net, encoder 16-32-32-32, decoder 32-32-32-32-32-16-16, "
+            f"local NCC 9^3 + {VXM['reg_weight']} x gradient-L2 loss, Adam lr {VXM['lr']}, "
+            f"batch {VXM['batch']}, {VXM['iterations']} iterations)"
+            + (", on ANTs-pre-aligned images" if models[name]["star"] else "")
+            + "."
+        )
+    for tool, preset in study_baselines(study).items():
+        if preset != "paper":
+            notes.append(
+                f"{display[tool]}: preset '{preset}' (fewer iterations than the paper's command)."
+            )
     return {
         "study": study,
         "organ": s["organ"],
@@ -364,6 +379,8 @@ def study_spec(study):
             "cascades": cascades,
         },
         "comparisons": comparisons,
+        "method_notes": notes,
+        "prealign_subjects": (star_test_subjects(study) or [None])[0],
     }
 
 

@@ -14,6 +14,7 @@ rule tables:
     input:
         spec="results/specs/{study}.json",
         metrics=lambda wc: [f"results/metrics/{wc.study}/{m}.csv" for m in study_methods(wc.study)],
+        star_subjects=lambda wc: star_test_subjects(wc.study),
     output:
         report(
             directory("results/tables/{study}"),
