@@ -167,3 +167,28 @@ def test_itk_warp_reproduced_by_ants(tmp_path, moving_grid):
     assert err.max() < 1e-3 * np.abs(ours).max()
     # the deformation is not trivial: the warped image differs from the moving one
     assert np.abs(ours - moving.numpy())[inside].max() > 0.1
+
+
+def test_fast_inference_path_close_to_float32(tmp_path):
+    from vtn.perf import bf16_supported
+
+    size = 16
+    csv = make_subjects(tmp_path / "data", n=2, size=size)
+    cfg = dict(type="vtn", cascade="AD", image_size=size, epochs=1, iterations=2, batch=2,
+               augment=False, checkpoint_every=5)
+    pt = T.train([csv], cfg, tmp_path / "m" / "ckpt.pt", tmp_path / "m" / "log.csv", device="cpu")
+    pairs = tmp_path / "pairs.csv"
+    pd.DataFrame({"fixed": ["s00"], "moving": ["s01"]}).to_csv(pairs, index=False)
+    R.register_pairs(pt, csv, pairs, tmp_path / "ref", device="cpu")
+    R.register_pairs(pt, csv, pairs, tmp_path / "fast", device="cpu", fast=True)
+    ref, _ = load_disp_l2r(tmp_path / "ref" / "disp_s00_s01.nii.gz")
+    fast, _ = load_disp_l2r(tmp_path / "fast" / "disp_s00_s01.nii.gz")
+    meta = json.loads((tmp_path / "fast" / "method.json").read_text())
+    if bf16_supported():
+        assert meta["precision"].startswith("bfloat16")
+        # an untrained dense subnet predicts flows of tens of voxels: compare relative to them
+        assert np.abs(fast - ref).max() <= 0.02 * np.abs(ref).max() + 0.25
+        assert not np.array_equal(fast, ref)
+    else:
+        assert meta["precision"] == "float32"
+        np.testing.assert_array_equal(fast, ref)

@@ -13,6 +13,12 @@ Warm-up iterations (``--warmup``, default 1; more with ``--compile``) are run fi
 every timed region ends with ``torch.cuda.synchronize``. Default precision is plain float32;
 ``--bf16`` (autocast), ``--channels-last`` and ``--compile`` (``torch.compile``) enable the fast
 path used by ``vtn train`` on CUDA (``fast: true``).
+
+``--fast`` (VTN cascades only) times inference through :func:`vtn.perf.fast_model` (bfloat16
+weights, ``channels_last_3d``, sub-pixel transposed convolutions, float32 flow arithmetic; with
+``--compile`` also ``torch.compile(freezing=True)``) and the training step under bf16 autocast +
+``channels_last_3d`` (as ``vtn train`` with ``fast: true``). With ``--compile`` the first call of
+each phase is timed separately (``*_first_call_s``: compilation included).
 """
 
 from __future__ import annotations
@@ -48,15 +54,27 @@ def _peak_mib(dev):
 def run_bench(cascade: str = "ADDD", size: int = 128, batch: int = 8, device: str = "cpu",
               repeats: int = 5, warmup: int = 1, inv: bool = False, model_type: str = "vtn",
               bf16: bool = False, channels_last: bool = False, compile: bool = False,
-              seed: int = 0) -> dict:
-    """Run the benchmark and return its results as a dict (see module docstring for keys)."""
-    from vtn import losses, networks
+              seed: int = 0, fast: bool = False, threads: int | None = None,
+              skip_train: bool = False) -> dict:
+    """Run the benchmark and return its results as a dict (see module docstring for keys).
+
+    ``fast`` implies ``bf16`` and ``channels_last`` for the training step and uses
+    :func:`vtn.perf.fast_model` for inference; ``threads`` sets ``torch.set_num_threads``;
+    ``skip_train`` leaves out the training step (``train_ms_per_step`` is then ``None``).
+    """
+    from vtn import losses, networks, perf
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     if repeats < 1 or warmup < 0 or batch < 1:
         raise ValueError("need repeats >= 1, warmup >= 0, batch >= 1")
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    if fast:
+        if model_type != "vtn":
+            raise ValueError("--fast is only defined for VTN cascades")
+        bf16 = channels_last = True
     torch.manual_seed(seed)
     if model_type == "vtn":
         model = networks.build_cascade(cascade, size)
@@ -74,6 +92,11 @@ def run_bench(cascade: str = "ADDD", size: int = 128, batch: int = 8, device: st
     if channels_last:
         model.to(memory_format=fmt)
     fwd = torch.compile(model) if compile else model
+    infer_model = fwd
+    if fast:
+        model.eval()
+        infer_model = perf.fast_model(model, dtype=torch.bfloat16, channels_last=True,
+                                      compile=compile)
     autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
 
@@ -99,23 +122,40 @@ def run_bench(cascade: str = "ADDD", size: int = 128, batch: int = 8, device: st
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "repeats": repeats, "warmup": warmup, "inv": inv,
         "bf16": bf16, "channels_last": channels_last, "compile": compile,
-        "params": n_params, "torch": str(torch.__version__),
+        "params": n_params, "torch": str(torch.__version__), "fast": fast,
     }
 
     # inference
     model.eval()
+    infer_ctx = contextlib.nullcontext() if fast else autocast
     for b, key in ((1, "infer_ms_per_pair_b1"), (batch, "infer_ms_per_pair")):
-        f, m = images(b)
+        if fast:  # the fast model takes plain float32 NCDHW inputs and converts them itself
+            g = torch.Generator().manual_seed(seed + b)
+            f = torch.rand(b, 1, size, size, size, generator=g).to(dev)
+            m = torch.rand(b, 1, size, size, size, generator=g).to(dev)
+        else:
+            f, m = images(b)
 
         def infer():
-            with torch.inference_mode(), autocast:
-                fwd(f, m)
+            with torch.inference_mode(), infer_ctx:
+                infer_model(f, m)
 
         _peak_reset(dev)
+        if compile:
+            _sync(dev)
+            t0 = time.perf_counter()
+            infer()
+            _sync(dev)
+            result[key.replace("ms_per_pair", "first_call_s")] = time.perf_counter() - t0
         sec = timed(infer, warmup)
         result[key] = sec * 1000.0 / b
         result[key.replace("infer_ms_per_pair", "infer_peak_mib")] = _peak_mib(dev)
         del f, m
+
+    if skip_train:
+        result["train_ms_per_step"] = None
+        result["train_peak_mib"] = None
+        return result
 
     # training step
     model.train()
@@ -135,6 +175,12 @@ def run_bench(cascade: str = "ADDD", size: int = 128, batch: int = 8, device: st
         opt.step()
 
     _peak_reset(dev)
+    if compile:
+        _sync(dev)
+        t0 = time.perf_counter()
+        step()
+        _sync(dev)
+        result["train_first_call_s"] = time.perf_counter() - t0
     sec = timed(step, warmup)
     result["train_ms_per_step"] = sec * 1000.0
     result["train_peak_mib"] = _peak_mib(dev)
@@ -156,12 +202,18 @@ def cli(argv=None) -> int:
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     ap.add_argument("--channels-last", action="store_true", help="channels_last_3d memory format")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--fast", action="store_true",
+                    help="vtn.perf fast inference path (bf16 + channels_last + sub-pixel deconv); "
+                         "training step under bf16 autocast + channels_last")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--no-train", action="store_true", help="skip the training step")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)
     try:
         res = run_bench(args.cascade, args.size, args.batch, args.device, args.repeats, warmup,
-                        args.inv, args.model_type, args.bf16, args.channels_last, args.compile)
+                        args.inv, args.model_type, args.bf16, args.channels_last, args.compile,
+                        fast=args.fast, threads=args.threads, skip_train=args.no_train)
     except ValueError as exc:
         print(f"vtn bench: error: {exc}", file=sys.stderr)
         return 1
@@ -175,11 +227,14 @@ def cli(argv=None) -> int:
                 (f"inference, batch {args.batch}", res["infer_ms_per_pair"], "ms/pair"),
                 (f"training step, batch {args.batch}", res["train_ms_per_step"], "ms/step")]
         for label, value, unit in rows:
+            if value is None:
+                continue
             print(f"  {(label + ':').ljust(28)}{value:10.1f} {unit}")
-        if res["train_peak_mib"] is not None:
+        if res["infer_peak_mib"] is not None:
             print(f"  peak memory: inference b1 {res['infer_peak_mib_b1']:.0f} MiB, "
-                  f"b{args.batch} {res['infer_peak_mib']:.0f} MiB, "
-                  f"training {res['train_peak_mib']:.0f} MiB")
+                  f"b{args.batch} {res['infer_peak_mib']:.0f} MiB"
+                  + (f", training {res['train_peak_mib']:.0f} MiB"
+                     if res["train_peak_mib"] is not None else ""))
     return 0
 
 

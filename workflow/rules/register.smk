@@ -8,6 +8,7 @@ rule register_model:
         directory("results/registrations/{study}/{model}"),
     params:
         device=config["device"],
+        fast="--fast" if config["fast_inference"] else "",
     log:
         "logs/register/{study}/{model}.log",
     benchmark:
@@ -19,4 +20,5 @@ rule register_model:
         "../envs/vtn.yaml"
     shell:
         "python -m vtn register --checkpoint {input.ckpt} --subjects {input.subjects}"
-        " --pairs {input.pairs} --out {output} --device {params.device} > {log} 2>&1"
+        " --pairs {input.pairs} --out {output} --device {params.device} {params.fast}"
+        " > {log} 2>&1"

@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""One-command GPU benchmark + fast-path correctness check (H100/H200), ~6 min.
+
+Steps (each guarded by a time budget; a step that fails or runs out is recorded, not fatal):
+
+0. ``bench`` (first, the essential figures): see 3 below, without compilation.
+1. ``correctness``: ADDD at ``--size`` on smooth random images, damped random weights (realistic
+   few-voxel flows): float32 vs the ``vtn.perf`` fast path (bf16 + channels_last_3d + sub-pixel
+   transposed convolutions), eager and ``torch.compile``-d: max / mean |flow difference| (voxels).
+2. ``loss_curves``: a short same-seed training (``--train-steps`` steps, ADDD at
+   ``--train-size``, batch 2) in float32 and with ``vtn train``'s fast path (bf16 autocast +
+   channels_last_3d); both loss curves and their max relative difference.
+3. ``bench``: ``python -m vtn.bench --cascade ADDD --size 128 --batch 8 --device cuda --json``
+   plain, ``--fast``, ``--inv`` and ``--inv --bf16 --channels-last``, and last
+   ``--fast --compile --no-train`` (compiled inference), each in a subprocess with a timeout (peak
+   memory from ``torch.cuda.max_memory_allocated``); ``correctness_compiled`` repeats step 1 with
+   ``torch.compile``.
+
+Everything is written to ``<out>/gpu_bench.json`` (``--out``, default ``$OUT``) and summarised on
+stdout. ``--device cpu --dry`` runs the same logic at tiny sizes on CPU (a syntax/logic check).
+
+Usage on the device machine::
+
+    bash scripts/bench_gpu.sh            # = python scripts/bench_gpu.py --out "$OUT"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def smooth_pair(size: int, device, seed: int = 0):
+    """A smooth random image ``(1, 1, S, S, S)`` in [0, 1] (blurred noise) and a shifted copy."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 1, size // 4, size // 4, size // 4, generator=g)
+    img = F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=True)
+    img = (img - img.min()) / (img.max() - img.min())
+    mov = torch.roll(img, shifts=(2, -1, 1), dims=(2, 3, 4))
+    return img.to(device), mov.to(device)
+
+
+def step_correctness(args, dev, compiled: bool = False) -> dict:
+    import torch
+
+    from vtn import networks, perf
+
+    torch.manual_seed(0)
+    size = args.size
+    model = perf.damp_flow_heads_(networks.build_cascade("ADDD", size), 0.1).to(dev).eval()
+    f, m = smooth_pair(size, dev)
+    res = {"size": size}
+    if not compiled:
+        fast = perf.fast_model(model)
+        res["eager_bf16"] = perf.compare_fast(model, fast, f, m)
+    else:
+        t0 = time.perf_counter()
+        comp = perf.fast_model(model, compile=True)
+        with torch.inference_mode():
+            comp(f, m)
+        res["compile_s"] = time.perf_counter() - t0
+        res["compiled_bf16"] = perf.compare_fast(model, comp, f, m)
+    return res
+
+
+def step_loss_curves(args, dev) -> dict:
+    import contextlib
+
+    import torch
+
+    from vtn import losses, networks
+
+    size, steps = args.train_size, args.train_steps
+    f, m = smooth_pair(size, dev, seed=1)
+    f2, m2 = smooth_pair(size, dev, seed=2)
+    fixed, moving = torch.cat([f, f2]), torch.cat([m, m2])
+    curves = {}
+    for name, fast in (("fp32", False), ("fast", True)):
+        torch.manual_seed(0)
+        model = networks.build_cascade("ADDD", size).to(dev)
+        loss_fn = losses.VTNLoss("ADDD")
+        fx, mv = fixed, moving
+        if fast:
+            model.to(memory_format=torch.channels_last_3d)
+            fx = fx.contiguous(memory_format=torch.channels_last_3d)
+            mv = mv.contiguous(memory_format=torch.channels_last_3d)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        ac = (torch.autocast(dev.type, dtype=torch.bfloat16) if fast
+              else contextlib.nullcontext())
+        vals = []
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            with ac:
+                loss, _ = loss_fn(model(fx, mv), fx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            vals.append(float(loss.detach()))
+        curves[name] = {"loss": vals, "seconds": time.perf_counter() - t0}
+    a, b = curves["fp32"]["loss"], curves["fast"]["loss"]
+    rel = [abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)]
+    return {"size": size, "steps": steps, "batch": 2, "curves": curves,
+            "max_rel_diff": max(rel), "final_rel_diff": rel[-1]}
+
+
+def step_bench(args, deadline, variants) -> list:
+    out = []
+    for extra in variants:
+        left = deadline - time.time()
+        if left < 20:
+            out.append({"args": extra, "status": "skipped (time budget)"})
+            continue
+        cmd = [sys.executable, "-m", "vtn.bench", "--cascade", "ADDD", "--size",
+               str(args.bench_size), "--batch", str(args.bench_batch), "--device", args.device,
+               "--repeats", str(args.repeats), "--json"] + extra
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True,
+                               timeout=min(args.bench_timeout, left))
+        except subprocess.TimeoutExpired:
+            out.append({"args": extra, "status": "timeout"})
+            continue
+        if p.returncode != 0:
+            out.append({"args": extra, "status": f"exit {p.returncode}",
+                        "stderr": p.stderr[-2000:]})
+            continue
+        line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1]
+        r = json.loads(line)
+        r.update(args=extra, status="ok")
+        out.append(r)
+        train = (f"{r['train_ms_per_step']:.1f} ms/step" if r["train_ms_per_step"] is not None
+                 else "not run")
+        print(f"  vtn.bench {' '.join(extra) or '(plain)'}: infer b1 "
+              f"{r['infer_ms_per_pair_b1']:.1f} ms/pair, b{r['batch']} "
+              f"{r['infer_ms_per_pair']:.1f} ms/pair, train {train},"
+              f" peak infer {r['infer_peak_mib']} MiB, train {r['train_peak_mib']} MiB",
+              flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dry", action="store_true", help="tiny sizes (CPU logic check)")
+    ap.add_argument("--budget-s", type=float, default=330.0, help="overall time budget")
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args(argv)
+    if args.dry:
+        args.size, args.train_size, args.train_steps = 32, 32, 3
+        args.bench_size, args.bench_batch, args.repeats, args.bench_timeout = 32, 2, 1, 300
+    else:
+        args.size, args.train_size, args.train_steps = 128, 64, 30
+        args.bench_size, args.bench_batch, args.repeats, args.bench_timeout = 128, 8, 5, 150
+
+    import torch
+
+    t_start = time.time()
+    deadline = t_start + args.budget_s
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        print("bench_gpu: CUDA is not available (use --device cpu --dry for a logic check)",
+              file=sys.stderr)
+        return 2
+    res = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": str(dev),
+           "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+           "torch": torch.__version__, "dry": args.dry}
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        res["elapsed_s"] = time.time() - t_start
+        (out_dir / "gpu_bench.json").write_text(json.dumps(res, indent=2))
+
+    # most important first: the plain/fast/inv timings, then the checks, compiled variants last
+    res["bench"] = step_bench(args, deadline, [[], ["--fast"], ["--inv"],
+                                               ["--inv", "--bf16", "--channels-last"]])
+    save()
+    steps = [("correctness", lambda: step_correctness(args, dev)),
+             ("loss_curves", lambda: step_loss_curves(args, dev))]
+    if not args.no_compile:
+        steps.append(("correctness_compiled", lambda: step_correctness(args, dev, True)))
+    for name, fn in steps:
+        if time.time() > deadline - 60:
+            res[name] = {"status": "skipped (time budget)"}
+            continue
+        t0 = time.perf_counter()
+        try:
+            res[name] = fn()
+            res[name]["status"] = "ok"
+        except Exception as exc:  # record and go on: one failing step must not lose the rest
+            res[name] = {"status": f"error: {type(exc).__name__}: {exc}"}
+        res[name]["step_s"] = time.perf_counter() - t0
+        print(f"{name}: {json.dumps(res[name])[:600]}", flush=True)
+        save()
+    if not args.no_compile:
+        res["bench"] += step_bench(args, deadline, [["--fast", "--compile", "--no-train"]])
+    save()
+    print(f"wrote {out_dir / 'gpu_bench.json'} in {time.time() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
