@@ -236,3 +236,24 @@ def test_flows_stay_float32_under_autocast():
     assert all(t.dtype == torch.float32 for t in out["flows"] + out["agg"] + out["warped"])
     assert out["affine"][0].dtype == torch.float32
     torch.testing.assert_close(out["warped"][-1], vf.warp(moving, out["flow"]))
+
+
+def test_flow_init_scale_scales_the_initial_flow_exactly():
+    """pred0 is a bias-free linear layer: scaling its initial weights scales the output flow."""
+    import torch
+
+    from vtn.networks import build_cascade, build_model
+
+    torch.manual_seed(0)
+    ref = build_cascade("D", 16)
+    torch.manual_seed(0)
+    small = build_cascade("D", 16, flow_init_scale=0.05)
+    assert small.config["flow_init_scale"] == 0.05
+    fixed, moving = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        a = ref(fixed, moving)["flow"]
+        b = small(fixed, moving)["flow"]
+    torch.testing.assert_close(b, 0.05 * a, rtol=1e-5, atol=1e-6)
+    assert a.abs().max() > 1.0  # the reference initialisation really predicts large flows
+    rebuilt = build_model(small.config)
+    assert rebuilt.config == small.config

@@ -229,10 +229,14 @@ class DenseSubnet(nn.Module):
         flow_multiplier: extra factor on the output flow (1 = VTN paper; RCN uses ``1/n``).
         tf_same_padding: TF-SAME ``(0, 1)`` padding for the stride-2 convs (module docstring).
         levels: override the number of stride-2 levels.
+        flow_init_scale: factor on the initial weights of ``pred0`` (1 = the reference
+            initialisation, whose untrained flows reach tens of voxels through the ``x 20``
+            scaling; a small value starts near the identity, for short trainings).
     """
 
     def __init__(self, image_size, channels: int = 16, flow_multiplier: float = 1.0,
-                 tf_same_padding: bool = False, levels: int | None = None):
+                 tf_same_padding: bool = False, levels: int | None = None,
+                 flow_init_scale: float = 1.0):
         super().__init__()
         shape = _as_shape(image_size)
         self.levels = num_levels(shape, 2) if levels is None else int(levels)
@@ -254,6 +258,9 @@ class DenseSubnet(nn.Module):
             if k >= 2:
                 self.pred[str(k)] = _pred_conv(c_in)
         self.pred0 = _upconv(c_in, 3)
+        if flow_init_scale != 1.0:
+            with torch.no_grad():
+                self.pred0.weight.mul_(float(flow_init_scale))
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         """Predict the flow that pulls ``moving`` onto ``fixed``.
@@ -342,7 +349,8 @@ class Cascade(nn.Module):
     def __init__(self, spec: str, image_size, channels: int = 16,
                  flow_multiplier: float | str = 1.0, tf_same_padding: bool = False,
                  affine_final_size: int = 4, affine_compose: str = "analytic",
-                 dense_levels: int | None = None, affine_levels: int | None = None):
+                 dense_levels: int | None = None, affine_levels: int | None = None,
+                 flow_init_scale: float = 1.0):
         super().__init__()
         if not isinstance(spec, str) or not _SPEC_RE.match(spec):
             raise ValueError(
@@ -375,6 +383,7 @@ class Cascade(nn.Module):
             "affine_compose": affine_compose,
             "dense_levels": dense_levels,
             "affine_levels": affine_levels,
+            "flow_init_scale": float(flow_init_scale),
         }
         subnets = []
         for kind in spec:
@@ -382,7 +391,8 @@ class Cascade(nn.Module):
                 subnets.append(AffineSubnet(shape, channels, affine_final_size, tf_same_padding,
                                             affine_levels))
             else:
-                subnets.append(DenseSubnet(shape, channels, fm, tf_same_padding, dense_levels))
+                subnets.append(DenseSubnet(shape, channels, fm, tf_same_padding, dense_levels,
+                                           flow_init_scale))
         self.subnets = nn.ModuleList(subnets)
 
     @property
@@ -572,7 +582,8 @@ def build_cascade(spec: str, image_size, **options) -> Cascade:
     Args:
         spec: ``"A"``, or ``A?D+`` such as ``"D"``, ``"AD"``, ``"ADDD"``.
         image_size: int (cubic) or ``(D, H, W)``.
-        **options: ``channels`` (16), ``flow_multiplier`` (1.0, or ``"1/n"`` as in RCN),
+        **options: ``flow_init_scale`` (1.0 = reference initialisation of ``pred0``),
+            ``channels`` (16), ``flow_multiplier`` (1.0, or ``"1/n"`` as in RCN),
             ``tf_same_padding`` (False), ``affine_final_size`` (4 = paper, 2 = reference code),
             ``affine_compose`` (``"analytic"`` or ``"warp"``), ``dense_levels`` /
             ``affine_levels`` (override the automatic level counts).

@@ -95,6 +95,7 @@ DEFAULT_CONFIG: dict = {
     "fast": None,               # bf16 autocast + channels_last; default True on CUDA
     # network options (passed to build_cascade / VoxelMorph2 when not None)
     "flow_multiplier": None,
+    "flow_init_scale": None,
     "affine_final_size": None,
     "tf_same_padding": None,
     "channels": None,
@@ -110,11 +111,12 @@ _TYPES = {
     "supervised": (bool,), "reg_weight": (float, int), "checkpoint_every": (int,),
     "keep_checkpoints": (int,), "log_every": (int,), "fast": (bool,),
     "flow_multiplier": (float, int, str), "affine_final_size": (int,),
+    "flow_init_scale": (float, int),
     "tf_same_padding": (bool,), "channels": (int,), "affine_compose": (str,),
     "enc_nf": (list,), "dec_nf": (list,),
 }
 _VTN_NET_KEYS = ("flow_multiplier", "affine_final_size", "tf_same_padding", "channels",
-                 "affine_compose")
+                 "affine_compose", "flow_init_scale")
 _VM_NET_KEYS = ("tf_same_padding", "enc_nf", "dec_nf")
 #: keys that may change between a checkpoint and the resumed run
 _RESUME_FREE = {"name", "epochs", "checkpoint_every", "keep_checkpoints", "log_every", "fast"}
