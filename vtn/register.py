@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vtn.functional import transport_points, warp_labels
+from vtn.contract import write_pair, write_times
+from vtn.io import (InputError, atomic_write_json, load_volume, read_pairs, read_subjects,
+                    save_itk_warp)
 from vtn.train import resolve_device
-from vtn.io import (InputError, atomic_write_json, load_landmarks, load_volume, read_pairs,
-                    read_subjects, save_disp_l2r, save_itk_warp, save_landmarks, save_volume)
 
 __all__ = ["load_model", "register_pairs", "cli"]
 
@@ -132,35 +132,15 @@ def register_pairs(checkpoint, subjects_csv, pairs_csv, out_dir, device: str = "
             _sync(dev)
             seconds = time.perf_counter() - t0
             flow = out["flow"].float()
-            flow_np = flow[0].cpu().numpy()
-            save_disp_l2r(out_dir / f"disp_{f}_{m}.nii.gz", flow_np, faff)
             warped = out["warped"][-1][0, 0].float().cpu().numpy()
-            save_volume(out_dir / f"warped_{f}_{m}.nii.gz", warped.astype(np.float32), faff)
-            if subjects[m]["seg"] is not None:
-                seg, _ = load_volume(subjects[m]["seg"], dtype=None)
-                if seg.shape != fixed.shape[2:]:
-                    raise InputError(f"{subjects[m]['seg']}: segmentation of shape {seg.shape}, "
-                                     f"expected {tuple(fixed.shape[2:])}")
-                if not np.issubdtype(seg.dtype, np.integer):
-                    seg = np.rint(seg).astype(np.int32)
-                lab = torch.from_numpy(seg.astype(np.int64)).view(1, 1, *seg.shape).to(dev)
-                wl = warp_labels(lab, flow)[0, 0].cpu().numpy().astype(seg.dtype)
-                save_volume(out_dir / f"warpedseg_{f}_{m}.nii.gz", wl, faff)
-            if subjects[f]["landmarks"] is not None:
-                names, pts = load_landmarks(subjects[f]["landmarks"])
-                moved = transport_points(torch.from_numpy(pts), flow[0].double().cpu())
-                save_landmarks(out_dir / f"landmarks_{f}_{m}.csv", names, moved.numpy())
+            write_pair(out_dir, f, m, flow, warped, faff, subjects[m]["seg"],
+                       subjects[f]["landmarks"])
             if itk_warp:
-                save_itk_warp(out_dir / f"warp_{f}_{m}.nii.gz", flow_np, faff, maff)
+                save_itk_warp(out_dir / f"warp_{f}_{m}.nii.gz", flow[0].cpu().numpy(), faff, maff)
             rows.append({"fixed": f, "moving": m, "seconds": seconds,
                          "device": _device_name(dev), "threads": threads})
 
-    import pandas as pd
-
-    tmp = out_dir / ".tmp-times.csv"
-    pd.DataFrame(rows, columns=["fixed", "moving", "seconds", "device", "threads"]).to_csv(
-        tmp, index=False)
-    tmp.replace(out_dir / "times.csv")
+    write_times(out_dir, rows)
     from vtn import __version__
 
     atomic_write_json(out_dir / "method.json", {

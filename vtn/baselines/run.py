@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vtn.io import (InputError, atomic_write_json, load_landmarks, load_volume, read_pairs,
-                    read_subjects, save_disp_l2r, save_landmarks, save_volume)
+from vtn.contract import write_pair, write_times
+from vtn.io import InputError, atomic_write_json, load_volume, read_pairs, read_subjects
 
 __all__ = ["METHODS", "run_baseline", "cli"]
 
@@ -111,10 +111,9 @@ def run_baseline(method, subjects_csv, pairs_csv, out_dir, preset="paper", threa
         InputError: a missing/unreadable file, a pair naming an unknown subject, a segmentation
             whose grid differs from its image, fixed and moving of different shapes.
     """
-    import pandas as pd
     import torch
 
-    from vtn.functional import transport_points, warp, warp_labels
+    from vtn.functional import warp
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -137,28 +136,14 @@ def run_baseline(method, subjects_csv, pairs_csv, out_dir, preset="paper", threa
         if disp.shape[1:] != mov.shape:
             raise RuntimeError(f"{method} returned a field of shape {disp.shape} for {fpath}")
         flow = torch.from_numpy(np.ascontiguousarray(disp)).unsqueeze(0)  # (1, 3, D, H, W)
-        save_disp_l2r(out_dir / f"disp_{f}_{m}.nii.gz", disp, faff)
         with torch.no_grad():
             warped = warp(torch.from_numpy(mov).view(1, 1, *mov.shape), flow)[0, 0].numpy()
-            save_volume(out_dir / f"warped_{f}_{m}.nii.gz", warped.astype(np.float32), faff)
-            if subjects[m]["seg"] is not None:
-                seg, _ = load_volume(subjects[m]["seg"], dtype=None)
-                if not np.issubdtype(seg.dtype, np.integer):
-                    seg = np.rint(seg).astype(np.int32)
-                lab = torch.from_numpy(seg.astype(np.int64)).view(1, 1, *seg.shape)
-                wl = warp_labels(lab, flow)[0, 0].numpy().astype(seg.dtype)
-                save_volume(out_dir / f"warpedseg_{f}_{m}.nii.gz", wl, faff)
-            if subjects[f]["landmarks"] is not None:
-                names, pts = load_landmarks(subjects[f]["landmarks"])
-                moved = transport_points(torch.from_numpy(pts), flow[0].double())
-                save_landmarks(out_dir / f"landmarks_{f}_{m}.csv", names, moved.numpy())
+        write_pair(out_dir, f, m, flow, warped, faff, subjects[m]["seg"],
+                   subjects[f]["landmarks"])
         rows.append({"fixed": f, "moving": m, "seconds": float(seconds), "device": "cpu",
                      "threads": int(threads)})
 
-    tmp = out_dir / ".tmp-times.csv"
-    pd.DataFrame(rows, columns=["fixed", "moving", "seconds", "device", "threads"]).to_csv(
-        tmp, index=False)
-    tmp.replace(out_dir / "times.csv")
+    write_times(out_dir, rows)
 
     first = infos[0]
     meta = {

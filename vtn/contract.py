@@ -1,0 +1,67 @@
+"""The output contract shared by every registration method (``vtn register``, ANTs, Elastix).
+
+Per pair ``(f, m)`` in the method's folder: ``disp_<f>_<m>.nii.gz`` (Learn2Reg, voxels, fixed
+grid), ``warped_<f>_<m>.nii.gz`` (fixed affine), ``warpedseg_<f>_<m>.nii.gz`` (nearest
+neighbour, when the moving subject has a segmentation), ``landmarks_<f>_<m>.csv`` (the fixed
+landmarks carried into the moving image, when the fixed subject has landmarks); once per method
+``times.csv`` (``fixed,moving,seconds,device,threads``). See ``docs/design.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vtn.functional import transport_points, warp_labels
+from vtn.io import InputError, load_landmarks, load_volume, save_disp_l2r, save_landmarks, save_volume
+
+__all__ = ["write_pair", "write_times", "TIMES_COLUMNS"]
+
+TIMES_COLUMNS = ["fixed", "moving", "seconds", "device", "threads"]
+
+
+def write_pair(out_dir, fixed_id: str, moving_id: str, flow: torch.Tensor, warped, fixed_affine,
+               moving_seg=None, fixed_landmarks=None) -> None:
+    """Write the per-pair files of the contract.
+
+    Args:
+        out_dir: the method's folder.
+        fixed_id, moving_id: subject ids (file names).
+        flow: ``(1, 3, D, H, W)`` displacement in voxels on the fixed grid (any device).
+        warped: ``(D, H, W)`` moving image warped onto the fixed grid.
+        fixed_affine: the fixed image's affine (voxel -> RAS mm), used for every volume written.
+        moving_seg: path of the moving segmentation, or ``None``.
+        fixed_landmarks: path of the fixed landmark CSV (``name,i,j,k``), or ``None``.
+    """
+    out_dir = Path(out_dir)
+    stem = f"{fixed_id}_{moving_id}"
+    flow = flow.float()
+    save_disp_l2r(out_dir / f"disp_{stem}.nii.gz", flow[0].cpu().numpy(), fixed_affine)
+    save_volume(out_dir / f"warped_{stem}.nii.gz", np.asarray(warped, dtype=np.float32),
+                fixed_affine)
+    if moving_seg is not None:
+        seg, _ = load_volume(moving_seg, dtype=None)
+        if seg.shape != tuple(flow.shape[2:]):
+            raise InputError(f"{moving_seg}: segmentation of shape {seg.shape}, expected "
+                             f"{tuple(flow.shape[2:])}")
+        if not np.issubdtype(seg.dtype, np.integer):
+            seg = np.rint(seg).astype(np.int32)
+        lab = torch.from_numpy(seg.astype(np.int64)).view(1, 1, *seg.shape).to(flow.device)
+        wl = warp_labels(lab, flow)[0, 0].cpu().numpy().astype(seg.dtype)
+        save_volume(out_dir / f"warpedseg_{stem}.nii.gz", wl, fixed_affine)
+    if fixed_landmarks is not None:
+        names, pts = load_landmarks(fixed_landmarks)
+        moved = transport_points(torch.from_numpy(pts), flow[0].double().cpu())
+        save_landmarks(out_dir / f"landmarks_{stem}.csv", names, moved.numpy())
+
+
+def write_times(out_dir, rows) -> Path:
+    """Write ``times.csv`` (``fixed,moving,seconds,device,threads``) atomically."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    tmp = out_dir / ".tmp-times.csv"
+    pd.DataFrame(rows, columns=TIMES_COLUMNS).to_csv(tmp, index=False)
+    return tmp.replace(out_dir / "times.csv")
