@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pandas as pd

@@ -221,9 +221,9 @@ def evaluate(subjects_csv, pairs_csv, reg, method: str, study: str = "", *, orga
             correction = _matrix(rec, "atlas_to_prep", str(subjects_csv.parent / f"{f}_prep.json"))
             mm_affine = _orig_prep_affine(subjects_csv, f, rec, orig)
             if mm_affine is None and not warned:
-                print(f"vtn evaluate: no original prep affine for pre-aligned subjects "
-                      f"(prep_affine / prep_image in the prep JSON or --orig-subjects); "
-                      f"lm_dist_mm left empty", file=sys.stderr)
+                print("vtn evaluate: no original prep affine for pre-aligned subjects "
+                      "(prep_affine / prep_image in the prep JSON or --orig-subjects); "
+                      "lm_dist_mm left empty", file=sys.stderr)
                 warned = True
         row, long = evaluate_pair(subjects[f], subjects[m], reg, organ=organ,
                                   liver_label=liver_label, gt=gt, correction=correction,

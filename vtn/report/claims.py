@@ -29,7 +29,7 @@ from pathlib import Path
 from vtn import stats
 from vtn.io import InputError
 from vtn.report import paper
-from vtn.report.tables import load_metrics, load_spec, time_summary
+from vtn.report.tables import load_metrics, load_spec
 
 __all__ = ["ALPHA", "SPEED_RATIO", "verdict", "find_method", "study_claims", "write_claims",
            "cli"]
