@@ -16,12 +16,7 @@ from vtn.functional import affine_flow
 from vtn.io import InputError, load_disp_l2r, load_itk_warp, load_landmarks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 def affine_checkpoint(tmp_path, csv, size, W, b):

@@ -50,12 +50,7 @@ def make_subjects(folder, n=4, size=16, seed=0, seg=True, landmarks=True, name="
     return folder / name
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 def _cfg(**kw):
