@@ -215,8 +215,14 @@ def test_ants_recovers_integer_translation(tmp_path):
 
 
 def test_ants_different_affines_same_content(tmp_path):
-    """Same voxels, moving header shifted by (6, -4, 8) mm: the voxel field is ~0 although the
-    physical transform is a translation (the moving image's own grid is used)."""
+    """Same voxels, moving header shifted by (6, -4, 8) mm: the voxel field is 0 although the
+    physical transform is a translation (the moving image's own grid is used).
+
+    The optimisers are switched off (0 iterations at every level), so the transform is exactly
+    ANTs' centre-of-mass initialisation (``-r [F,M,1]``), which for identical voxels is the header
+    shift itself. With the optimisers on, the result on a 24^3 phantom depends on the CPU's
+    floating point (MI on 6^3 voxels at the coarsest level), which would test ANTs, not us.
+    """
     from vtn.baselines.ants import register_ants
 
     n = 24
@@ -224,11 +230,11 @@ def test_ants_different_affines_same_content(tmp_path):
     aff_m = LPS_AFFINE.copy()
     aff_m[:3, 3] += [6.0, -4.0, 8.0]
     fp, mp = _write_pair(tmp_path, fixed, fixed.copy(), LPS_AFFINE, aff_m)
-    disp, _, _ = register_ants(fp, mp, preset="fast", threads=1)
-    core = disp[(slice(None),) + _interior(n, 6)].reshape(3, -1)
-    # a header-only error would show as (-3, 2, 4) voxels
-    np.testing.assert_allclose(core.mean(1), 0.0, atol=0.15)
-    assert np.percentile(np.abs(core), 90) < 0.4
+    disp, _, info = register_ants(fp, mp, preset="fast", threads=1,
+                                  linear_iterations="0x0x0", syn_iterations="0x0x0x0")
+    assert "0x0x0" in " ".join(info["arguments"])
+    # a header-only error (field read in the fixed grid) would show as (-3, 2, 4) voxels
+    np.testing.assert_allclose(disp, 0.0, atol=1e-3)
 
 
 # ----------------------------------------------------------------------------- Elastix
