@@ -3,14 +3,18 @@
 
 Steps (each guarded by a time budget; a step that fails or runs out is recorded, not fatal):
 
-0. ``bench`` (first, the essential figures): see 3 below, without compilation.
+0. ``bench`` (first, the essential figures): see 4 below, without compilation.
 1. ``correctness``: ADDD at ``--size`` on smooth random images, damped random weights (realistic
    few-voxel flows): float32 vs the ``vtn.perf`` fast path (bf16 + channels_last_3d + sub-pixel
    transposed convolutions), eager and ``torch.compile``-d: max / mean |flow difference| (voxels).
 2. ``loss_curves``: a short same-seed training (``--train-steps`` steps, ADDD at
    ``--train-size``, batch 2) in float32 and with ``vtn train``'s fast path (bf16 autocast +
    channels_last_3d); both loss curves and their max relative difference.
-3. ``bench``: ``python -m vtn.bench --cascade ADDD --size 128 --batch 8 --device cuda --json``
+3. ``train_loop``: the real ``vtn train`` loop (augmentation, indexing, deferred loss
+   read-back) at 128³, batch 8, ADDD and ADDD + inv, 40 steps: ms per step from its log.
+   ``sync_check``: counts CUDA host synchronisations of ``vtn train`` (sync debug mode) for 6
+   and 12 steps; equal counts = none inside a step.
+4. ``bench``: ``python -m vtn.bench --cascade ADDD --size 128 --batch 8 --device cuda --json``
    plain, ``--fast``, ``--inv`` and ``--inv --bf16 --channels-last``, and last
    ``--fast --compile --no-train`` (compiled inference), each in a subprocess with a timeout (peak
    memory from ``torch.cuda.max_memory_allocated``); ``correctness_compiled`` repeats step 1 with
@@ -111,6 +115,87 @@ def step_loss_curves(args, dev) -> dict:
             "max_rel_diff": max(rel), "final_rel_diff": rel[-1]}
 
 
+def _subjects(folder: Path, size: int, n: int = 4) -> Path:
+    """``n`` smooth random images at ``size^3`` and their ``subjects.csv`` (for ``vtn train``)."""
+    import numpy as np
+
+    from vtn.io import save_volume
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["subject,image"]
+    for k in range(n):
+        img, _ = smooth_pair(size, "cpu", seed=10 + k)
+        save_volume(folder / f"s{k}.nii.gz", img[0, 0].numpy(), np.eye(4))
+        lines.append(f"s{k},s{k}.nii.gz")
+    (folder / "subjects.csv").write_text("\n".join(lines) + "\n")
+    return folder / "subjects.csv"
+
+
+def step_train_loop(args, dev) -> dict:
+    """The real ``vtn train`` loop (pair indexing, GPU-side B-spline augmentation, bf16 autocast,
+    deferred loss read-back every 50 steps) at ``--bench-size``, batch ``--bench-batch``, ADDD and
+    ADDD + inv: ms per step from the log's ``seconds`` column after 10 warm-up steps."""
+    import tempfile
+
+    import pandas as pd
+
+    from vtn import train as T
+
+    size, batch, steps = args.bench_size, args.bench_batch, args.loop_steps
+    res = {"size": size, "batch": batch, "steps": steps}
+    with tempfile.TemporaryDirectory() as d:
+        csv = _subjects(Path(d) / "data", size)
+        for name, inv in (("ADDD", 0.0), ("ADDD+inv", 1e-3)):
+            cfg = dict(cascade="ADDD", image_size=size, epochs=1, iterations=steps, batch=batch,
+                       inv_weight=inv, checkpoint_every=10**6, sync_every=50)
+            run = Path(d) / name
+            t0 = time.perf_counter()
+            T.train([csv], cfg, run / "c.pt", run / "log.csv", device=str(dev))
+            log = pd.read_csv(run / "log.csv")
+            sec = log["seconds"].to_numpy()
+            warm = min(10, steps - 2)
+            res[name] = {"ms_per_step": 1000.0 * (sec[-1] - sec[warm - 1]) / (steps - warm),
+                         "wall_s": time.perf_counter() - t0,
+                         "final_loss": float(log["total"].iloc[-1])}
+            print(f"  vtn train loop {name}: {res[name]['ms_per_step']:.1f} ms/step", flush=True)
+    return res
+
+
+def step_sync_check(args, dev) -> dict:
+    """Host synchronisations of ``vtn train`` (``torch.cuda.set_sync_debug_mode("warn")``) for
+    two run lengths: equal counts mean no synchronisation inside a step (only the final read-back
+    and checkpoint synchronise)."""
+    import tempfile
+    import warnings
+
+    import torch
+
+    from vtn import train as T
+
+    if dev.type != "cuda":
+        return {"skipped": "needs CUDA"}
+    counts, first = {}, {}
+    with tempfile.TemporaryDirectory() as d:
+        csv = _subjects(Path(d) / "data", 32)
+        for steps in (6, 12):
+            cfg = dict(cascade="ADDD", image_size=32, epochs=1, iterations=steps, batch=2,
+                       checkpoint_every=10**6, sync_every=10**6)
+            run = Path(d) / f"n{steps}"
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    T.train([csv], cfg, run / "c.pt", run / "log.csv", device=str(dev))
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            msgs = [str(w.message).splitlines()[0] for w in caught
+                    if "synchroniz" in str(w.message).lower()]
+            counts[steps] = len(msgs)
+            first[steps] = sorted(set(msgs))[:5]
+    return {"sync_warnings": counts, "examples": first,
+            "per_step_sync": counts[12] != counts[6]}
+
+
 def step_bench(args, deadline, variants) -> list:
     out = []
     for extra in variants:
@@ -156,9 +241,11 @@ def main(argv=None) -> int:
     if args.dry:
         args.size, args.train_size, args.train_steps = 32, 32, 3
         args.bench_size, args.bench_batch, args.repeats, args.bench_timeout = 32, 2, 1, 300
+        args.loop_steps = 12
     else:
         args.size, args.train_size, args.train_steps = 128, 64, 30
         args.bench_size, args.bench_batch, args.repeats, args.bench_timeout = 128, 8, 5, 150
+        args.loop_steps = 40
 
     import torch
 
@@ -183,7 +270,9 @@ def main(argv=None) -> int:
     res["bench"] = step_bench(args, deadline, [[], ["--fast"], ["--inv"],
                                                ["--inv", "--bf16", "--channels-last"]])
     save()
-    steps = [("correctness", lambda: step_correctness(args, dev)),
+    steps = [("train_loop", lambda: step_train_loop(args, dev)),
+             ("sync_check", lambda: step_sync_check(args, dev)),
+             ("correctness", lambda: step_correctness(args, dev)),
              ("loss_curves", lambda: step_loss_curves(args, dev))]
     if not args.no_compile:
         steps.append(("correctness_compiled", lambda: step_correctness(args, dev, True)))

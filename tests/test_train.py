@@ -246,6 +246,47 @@ def test_nan_guard(tmp_path, monkeypatch):
     assert len(pd.read_csv(tmp_path / "log.csv")) == 2
 
 
+def test_deferred_loss_readback_changes_nothing(tmp_path):
+    """``sync_every`` only changes when the host reads the losses: the same weights and log."""
+    csv = make_subjects(tmp_path / "data", n=3)
+    runs = {}
+    for k in (1, 4):
+        out = tmp_path / f"s{k}"
+        T.train([csv], _cfg(cascade="D", iterations=7, checkpoint_every=3, sync_every=k),
+                out / "c.pt", out / "log.csv", device="cpu")
+        runs[k] = (T.load_checkpoint(out / "c.pt")["model_state"], pd.read_csv(out / "log.csv"))
+    for name, v in runs[1][0].items():
+        assert torch.equal(v, runs[4][0][name]), name
+    a, b = (runs[k][1].drop(columns="seconds") for k in (1, 4))
+    assert list(a["step"]) == list(range(1, 8))
+    pd.testing.assert_frame_equal(a, b)
+    assert runs[4][1]["seconds"].is_monotonic_increasing
+
+
+def test_nan_guard_with_deferred_readback(tmp_path, monkeypatch):
+    """A NaN at step 3, read back only at step 4 (the checkpoint): the error names step 3 and
+    no checkpoint is written after it."""
+    import vtn.losses
+
+    csv = make_subjects(tmp_path / "data", n=3)
+    real = vtn.losses.total_variation
+    calls = {"n": 0}
+
+    def poisoned(flow, *a, **k):
+        calls["n"] += 1
+        v = real(flow, *a, **k)
+        return v * float("nan") if calls["n"] == 3 else v
+
+    monkeypatch.setattr(vtn.losses, "total_variation", poisoned)
+    with pytest.raises(T.NonFiniteLossError,
+                       match=r"step 3: .*tv_0.*Last good checkpoint: .*step000000002\.pt"):
+        T.train([csv], _cfg(cascade="D", sync_every=10), tmp_path / "c.pt",
+                tmp_path / "log.csv", device="cpu")
+    assert calls["n"] >= 4  # step 4 ran before the read-back
+    assert T.latest_checkpoint(tmp_path / "ckpt").name == "step000000002.pt"
+    assert list(pd.read_csv(tmp_path / "log.csv")["step"]) == [1, 2]
+
+
 @pytest.mark.filterwarnings("ignore:.*trains without augmentation")
 def test_inv_voxelmorph_supervised_and_cli(tmp_path):
     csv = make_subjects(tmp_path / "data", n=3)

@@ -23,8 +23,11 @@ given generator state gives the same field on every device.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from vtn.device import to_device
 from vtn.functional import sample_flow, warp, warp_labels
 
 __all__ = [
@@ -103,7 +106,13 @@ def bspline_basis_matrix(length: int, n_points: int, dtype=torch.float32,
     rows = torch.arange(length).unsqueeze(1).expand(-1, 4)
     cols = s.unsqueeze(1) + torch.arange(4).unsqueeze(0)
     mat[rows, cols] = w
-    return mat.to(device=device, dtype=dtype)
+    return to_device(mat, device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_basis(length: int, n_points: int, dtype, device) -> torch.Tensor:
+    """:func:`bspline_basis_matrix`, built and copied to ``device`` once per argument set."""
+    return bspline_basis_matrix(length, n_points, dtype, device)
 
 
 def bspline_field(control: torch.Tensor, shape) -> torch.Tensor:
@@ -121,7 +130,7 @@ def bspline_field(control: torch.Tensor, shape) -> torch.Tensor:
     if control.dim() != 5 or control.shape[1] != 3:
         raise ValueError(f"control must be (B, 3, n, n, n), got {tuple(control.shape)}")
     padded = torch.nn.functional.pad(control, (1, 1, 1, 1, 1, 1))
-    mats = [bspline_basis_matrix(L, padded.shape[2 + a], control.dtype, control.device)
+    mats = [_cached_basis(int(L), int(padded.shape[2 + a]), control.dtype, control.device)
             for a, L in enumerate(shape)]
     out = torch.einsum("bcijk,xi->bcxjk", padded, mats[0])
     out = torch.einsum("bcxjk,yj->bcxyk", out, mats[1])
@@ -133,10 +142,11 @@ def random_bspline_field(batch: int, shape, generator: torch.Generator | None = 
                          device=None, dtype=torch.float32) -> torch.Tensor:
     """A random augmentation field ``(B, 3, D, H, W)`` in voxels (see the module docstring).
 
-    The control points are drawn on the CPU from ``generator`` and then moved to ``device``.
+    The control points are drawn on the CPU from ``generator`` (so a seed gives the same field
+    on every device) and then copied to ``device`` without a host synchronisation.
     """
     control = random_control_points(batch, shape, generator)
-    return bspline_field(control.to(device=device, dtype=dtype), shape)
+    return bspline_field(to_device(control, device, dtype), shape)
 
 
 def invert_points(points: torch.Tensor, field: torch.Tensor, iterations: int = 50,

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vtn.device import to_device
 from vtn.io import InputError, load_disp_l2r, load_volume, read_pairs, read_subjects
 
 __all__ = [
@@ -92,6 +93,9 @@ DEFAULT_CONFIG: dict = {
     "checkpoint_every": 1000,   # steps
     "keep_checkpoints": 2,      # periodic checkpoints kept in ckpt_dir
     "log_every": 1,             # steps between CSV log rows
+    "sync_every": None,         # steps between host reads of the loss (NaN check, log rows,
+    #                             progress bar); None: 1 on CPU, 50 on CUDA (no host
+    #                             synchronisation inside a step)
     "fast": None,               # bf16 autocast + channels_last; default True on CUDA
     # network options (passed to build_cascade / VoxelMorph2 when not None)
     "flow_multiplier": None,
@@ -109,7 +113,7 @@ _TYPES = {
     "iterations": (int,), "batch": (int,), "lr": (float, int), "lr_halve_after": (int,),
     "seed": (int,), "augment": (bool,), "inv_weight": (float, int), "loss_weights": (list,),
     "supervised": (bool,), "reg_weight": (float, int), "checkpoint_every": (int,),
-    "keep_checkpoints": (int,), "log_every": (int,), "fast": (bool,),
+    "keep_checkpoints": (int,), "log_every": (int,), "sync_every": (int,), "fast": (bool,),
     "flow_multiplier": (float, int, str), "affine_final_size": (int,),
     "flow_init_scale": (float, int),
     "tf_same_padding": (bool,), "channels": (int,), "affine_compose": (str,),
@@ -119,7 +123,8 @@ _VTN_NET_KEYS = ("flow_multiplier", "affine_final_size", "tf_same_padding", "cha
                  "affine_compose", "flow_init_scale")
 _VM_NET_KEYS = ("tf_same_padding", "enc_nf", "dec_nf")
 #: keys that may change between a checkpoint and the resumed run
-_RESUME_FREE = {"name", "epochs", "checkpoint_every", "keep_checkpoints", "log_every", "fast"}
+_RESUME_FREE = {"name", "epochs", "checkpoint_every", "keep_checkpoints", "log_every",
+                "sync_every", "fast"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -181,8 +186,8 @@ def load_config(config, source: str = "config") -> dict:
     if cfg["type"] not in ("vtn", "voxelmorph2"):
         raise InputError(f"{source}: key 'type' must be 'vtn' or 'voxelmorph2', got {cfg['type']!r}")
     for key in ("image_size", "epochs", "iterations", "batch", "checkpoint_every",
-                "keep_checkpoints", "log_every"):
-        if cfg[key] < 1:
+                "keep_checkpoints", "log_every", "sync_every"):
+        if cfg[key] is not None and cfg[key] < 1:
             raise InputError(f"{source}: key {key!r} must be >= 1, got {cfg[key]}")
     if cfg["lr"] <= 0:
         raise InputError(f"{source}: key 'lr' must be > 0, got {cfg['lr']}")
@@ -613,6 +618,46 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if fast
                 else contextlib.nullcontext())
     last_ckpt = latest
+    sync_every = cfg["sync_every"] or (50 if dev.type == "cuda" else 1)
+    # Losses of completed steps not yet read on the host: (step, epoch, lr, seconds, names,
+    # values) with ``values`` a device tensor [total, *terms]. Reading them is the only host
+    # synchronisation of the loop; it happens every ``sync_every`` steps and before every
+    # checkpoint, so no checkpoint is ever written after a non-finite loss.
+    pending: list = []
+
+    def flush() -> None:
+        nonlocal elapsed
+        if not pending:
+            return
+        t_wait = time.perf_counter()
+        values = torch.stack([p[5] for p in pending]).cpu().tolist()
+        elapsed += time.perf_counter() - t_wait  # the GPU work still queued when we asked
+        rows, pending_copy = [], list(pending)
+        pending.clear()
+        for k, ((at, epoch, lr, seconds, names, _), vals) in enumerate(zip(pending_copy, values)):
+            if not all(math.isfinite(v) for v in vals):
+                bad = {n: v for n, v in zip(names, vals[1:]) if not math.isfinite(v)}
+                for row in rows:
+                    csv_log.write(row)
+                raise NonFiniteLossError(
+                    f"step {at}: the loss is not finite (total={vals[0]}; non-finite "
+                    f"terms: {bad or 'none -- the weighted sum overflowed'}); training stopped. "
+                    f"Last good checkpoint: {last_ckpt or 'none written yet'}")
+            if at % cfg["log_every"] == 0 or at == stop:
+                last = k == len(pending_copy) - 1
+                row = {"step": at, "epoch": epoch, "lr": lr,
+                       "seconds": round(elapsed if last else seconds, 4), "total": vals[0]}
+                row.update(zip(names, vals[1:]))
+                rows.append(row)
+        for row in rows:
+            csv_log.write(row)
+            if tb is not None:
+                for key, v in row.items():
+                    if key not in ("step", "epoch"):
+                        tb.add_scalar(key, v, row["step"])
+        if bar is not None:
+            bar.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{pending_copy[-1][2]:.2e}")
+
     try:
         while step < stop:
             t0 = time.perf_counter()
@@ -621,11 +666,14 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
             for group in opt.param_groups:
                 group["lr"] = lr
             fi, mi, numbers = schedule(step * cfg["batch"], cfg["batch"])
-            fixed = images[fi].to(dev, non_blocking=True)
-            moving = images[mi].to(dev, non_blocking=True)
+            index = torch.tensor([fi, mi, numbers], dtype=torch.long)
+            if images.device.type == dev.type:  # data already on the device: index it there
+                index = to_device(index, dev)
+            fixed = to_device(images[index[0]], dev)
+            moving = to_device(images[index[1]], dev)
             target = None
             if target_flows is not None:
-                target = target_flows[numbers].to(dev, non_blocking=True)
+                target = to_device(target_flows[index[2]], dev)
             if cfg["augment"]:
                 from vtn.augment import augment_moving
 
@@ -641,31 +689,21 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
                     loss, terms = loss_fn(out_fw, fixed, out_reverse=out_rev, target=target)
                 else:
                     loss, terms = loss_fn(out_fw, fixed)
-            loss_val = float(loss.detach())
-            if not math.isfinite(loss_val):
-                bad = {k: float(v) for k, v in terms.items() if not math.isfinite(float(v))}
-                raise NonFiniteLossError(
-                    f"step {step + 1}: the loss is not finite (total={loss_val}; non-finite "
-                    f"terms: {bad or 'none -- the weighted sum overflowed'}); training stopped. "
-                    f"Last good checkpoint: {last_ckpt or 'none written yet'}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             elapsed += time.perf_counter() - t0
-            if step % cfg["log_every"] == 0 or step == stop:
-                row = {"step": step, "epoch": epoch, "lr": lr, "seconds": round(elapsed, 4),
-                       "total": loss_val}
-                row.update({k: float(v) for k, v in terms.items()})
-                csv_log.write(row)
-                if tb is not None:
-                    for k, v in row.items():
-                        if k not in ("step", "epoch"):
-                            tb.add_scalar(k, v, step)
+            names = list(terms)
+            pending.append((step, epoch, lr, elapsed, names,
+                            torch.stack([loss.detach().float()]
+                                        + [terms[n].float() for n in names])))
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.2e}")
-            if step % cfg["checkpoint_every"] == 0 or step == stop:
+            checkpoint_now = step % cfg["checkpoint_every"] == 0 or step == stop
+            if checkpoint_now or step % sync_every == 0:
+                flush()
+            if checkpoint_now:
                 bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
                 if bad:
                     raise NonFiniteLossError(
