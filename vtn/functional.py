@@ -45,6 +45,19 @@ def identity_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
 
 
+def _per_axis(values, device, dtype) -> torch.Tensor:
+    """``(3, 1, 1, 1)`` tensor of per-axis constants, built on ``device`` without a host copy.
+
+    ``torch.tensor(values, device="cuda")`` copies from pageable host memory and so waits for
+    the GPU; ``torch.full`` launches a fill kernel instead. The values are the same float
+    roundings either way.
+    """
+    if device is None or torch.device(device).type == "cpu":
+        return torch.tensor(values, device=device, dtype=dtype).view(3, 1, 1, 1)
+    return torch.stack([torch.full((), v, device=device, dtype=dtype)
+                        for v in values]).view(3, 1, 1, 1)
+
+
 def centered_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
     """Voxel coordinates centred on the volume centre, ``p - (L - 1) / 2`` per axis.
 
@@ -52,8 +65,7 @@ def centered_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
         ``(3, D, H, W)`` tensor in voxels.
     """
     grid = identity_grid(shape, device=device, dtype=dtype)
-    centre = torch.tensor([(n - 1) / 2.0 for n in shape], device=device, dtype=dtype)
-    return grid - centre.view(3, 1, 1, 1)
+    return grid - _per_axis([(n - 1) / 2.0 for n in shape], device, dtype)
 
 
 def _normalised_sampling_grid(flow: torch.Tensor) -> torch.Tensor:
@@ -63,9 +75,7 @@ def _normalised_sampling_grid(flow: torch.Tensor) -> torch.Tensor:
     """
     shape = flow.shape[2:]
     pos = identity_grid(shape, device=flow.device, dtype=flow.dtype).unsqueeze(0) + flow
-    scale = torch.tensor(
-        [2.0 / max(n - 1, 1) for n in shape], device=flow.device, dtype=flow.dtype
-    ).view(1, 3, 1, 1, 1)
+    scale = _per_axis([2.0 / max(n - 1, 1) for n in shape], flow.device, flow.dtype)
     norm = pos * scale - 1.0
     return norm.permute(0, 2, 3, 4, 1).flip(-1)
 
