@@ -225,6 +225,24 @@ def test_resume_refuses_other_config(tmp_path):
                 tmp_path / "l.csv", device="cpu")
 
 
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    """``compile: true`` (inductor) trains the same model: same loss curve to float32 rounding,
+    and its checkpoint is a plain one (loads into an uncompiled model)."""
+    csv = make_subjects(tmp_path / "data", n=3)
+    logs, states = {}, {}
+    for flag in (False, True):
+        out = tmp_path / f"c{int(flag)}"
+        T.train([csv], _cfg(cascade="D", iterations=3, checkpoint_every=3, compile=flag),
+                out / "c.pt", out / "log.csv", device="cpu")
+        logs[flag] = pd.read_csv(out / "log.csv")
+        states[flag] = T.load_checkpoint(out / "c.pt")["model_state"]
+    assert set(states[True]) == set(states[False])  # no "_orig_mod." prefixes
+    np.testing.assert_allclose(logs[True]["total"], logs[False]["total"], rtol=1e-4)
+    for name, v in states[False].items():
+        torch.testing.assert_close(states[True][name], v, rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.parametrize("cascade,sync_every,term", [("AD", None, "tv_1"), ("D", 10, "tv_0")])
 def test_nan_guard(tmp_path, monkeypatch, cascade, sync_every, term):
     """A NaN loss at step 3 names step 3 and its term, and no checkpoint is written after it --

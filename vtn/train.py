@@ -97,6 +97,7 @@ DEFAULT_CONFIG: dict = {
     #                             progress bar); None: 1 on CPU, 50 on CUDA (no host
     #                             synchronisation inside a step)
     "fast": None,               # bf16 autocast + channels_last; default True on CUDA
+    "compile": False,           # torch.compile the model's forward (inductor; fused kernels)
     # network options (passed to build_cascade / VoxelMorph2 when not None)
     "flow_multiplier": None,
     "flow_init_scale": None,
@@ -114,6 +115,7 @@ _TYPES = {
     "seed": (int,), "augment": (bool,), "inv_weight": (float, int), "loss_weights": (list,),
     "supervised": (bool,), "reg_weight": (float, int), "checkpoint_every": (int,),
     "keep_checkpoints": (int,), "log_every": (int,), "sync_every": (int,), "fast": (bool,),
+    "compile": (bool,),
     "flow_multiplier": (float, int, str), "affine_final_size": (int,),
     "flow_init_scale": (float, int),
     "tf_same_padding": (bool,), "channels": (int,), "affine_compose": (str,),
@@ -124,7 +126,7 @@ _VTN_NET_KEYS = ("flow_multiplier", "affine_final_size", "tf_same_padding", "cha
 _VM_NET_KEYS = ("tf_same_padding", "enc_nf", "dec_nf")
 #: keys that may change between a checkpoint and the resumed run
 _RESUME_FREE = {"name", "epochs", "checkpoint_every", "keep_checkpoints", "log_every",
-                "sync_every", "fast"}
+                "sync_every", "fast", "compile"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -559,6 +561,8 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
     if fast:
         model.to(memory_format=torch.channels_last_3d)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
+    # the compiled module shares the parameters; checkpoints are taken from ``model``
+    forward = torch.compile(model) if cfg["compile"] else model
 
     step, elapsed = 0, 0.0
     latest = latest_checkpoint(ckpt_dir)
@@ -683,8 +687,8 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
                 fixed = fixed.contiguous(memory_format=torch.channels_last_3d)
                 moving = moving.contiguous(memory_format=torch.channels_last_3d)
             with autocast:
-                out_fw = model(fixed, moving)
-                out_rev = model(moving, fixed) if cfg["inv_weight"] > 0 else None
+                out_fw = forward(fixed, moving)
+                out_rev = forward(moving, fixed) if cfg["inv_weight"] > 0 else None
                 if cfg["type"] == "vtn":
                     loss, terms = loss_fn(out_fw, fixed, out_reverse=out_rev, target=target)
                 else:

@@ -240,6 +240,8 @@ def model_config(wc):
     weights = (TRAIN.get("loss_weights") or {}).get(m["cascade"])
     if weights and m["type"] == "vtn":
         cfg["loss_weights"] = weights
+    if TRAIN["compile"]:
+        cfg["compile"] = True
     if m["type"] == "vtn" and TRAIN["flow_init_scale"] != 1.0:
         cfg["flow_init_scale"] = TRAIN["flow_init_scale"]
     if m["type"] == "voxelmorph2":
