@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from vtn import stats
-from vtn.io import save_landmarks, save_volume
+from vtn.io import save_disp_l2r, save_landmarks, save_volume
 from vtn.report import claims, figures, paper, tables
 
 N = 8
@@ -277,6 +277,9 @@ def _fake_study(tmp_path, S=16):
             seg[4:12, 4:12, 2:14] = 5
             save_volume(d / f"warpedseg_{f}_{m}.nii.gz", seg, aff)
             save_landmarks(d / f"landmarks_{f}_{m}.csv", ["L1", "L2", "L3"], lms + k * 0.3)
+            if name == "ADDD":  # the main method's fields (Figure 1 rendering)
+                save_disp_l2r(d / f"disp_{f}_{m}.nii.gz",
+                              rng.normal(0, 0.5, (3, S, S, S)).astype(np.float32), aff)
         pd.DataFrame({"fixed": [p[0] for p in pairs], "moving": [p[1] for p in pairs],
                       "iou": [0.7 + 0.01 * k, 0.8, 0.75], "lm_dist_vox": [1.0, 2.0, 3.0],
                       "seconds": 1.0, "device": "cpu"}).to_csv(mets / f"{name}.csv", index=False)
@@ -302,7 +305,8 @@ def test_figures_produce_pngs(tmp_path):
     res = figures.make_figures(spec, mets, regs, prep / "subjects.csv", out, models,
                                pa / "subjects.csv")
     names = sorted(p.name for p in res["written"])
-    assert names == ["figure6_methods.png", "figure7_cascades.png", "training_curves.png"]
+    assert names == ["figure1_rendering.png", "figure6_methods.png", "figure7_cascades.png",
+                     "training_curves.png"]
     for p in res["written"]:
         assert p.stat().st_size > 5000
         img = mpimg.imread(p)
@@ -314,6 +318,12 @@ def test_figures_produce_pngs(tmp_path):
     # without the pre-aligned subjects the star method is left out with a note
     res2 = figures.make_figures(spec, mets, regs, prep / "subjects.csv", tmp_path / "fig2")
     assert any("DD-star" in n for n in res2["notes"])
+    # no fields of the main method: Figure 1 is left out with a note naming the file
+    for p in (regs / "ADDD").glob("disp_*.nii.gz"):
+        p.unlink()
+    res3 = figures.make_figures(spec, mets, regs, prep / "subjects.csv", tmp_path / "fig3")
+    assert "figure1_rendering.png" not in {p.name for p in res3["written"]}
+    assert any("figure1_rendering: disp_s2_s0.nii.gz" in n for n in res3["notes"])
 
 
 def test_prealign_seconds_from_prep_json(tmp_path):

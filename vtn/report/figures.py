@@ -18,6 +18,9 @@ Written (headless, matplotlib Agg):
   original fixed image with the fixed subject's ``atlas_to_prep`` (as in the paper's Figure 8).
 * ``figure7_cascades.png`` (liver) / ``figure8b_cascades.png`` (brain): the same for the
   cascade variants (and the invertibility variant).
+* ``figure1_rendering.png``: the paper's Figure 1 for the same pair and the main method:
+  3-D renderings (:mod:`vtn.report.render`) of the fixed and moving images, the deformation as a
+  skewed grid, and the warped moving image.
 * ``training_curves.png``: ``total`` and each loss term against the step, one panel per model
   (``<models>/<model>/train_log.csv``).
 """
@@ -303,6 +306,9 @@ def make_figures(spec, metrics_dir, reg_root, subjects_csv, out_dir, models_dir=
                           title=f"{spec['study']}: fixed {f}, moving {m} (median-IoU pair of "
                                 f"{main}). Data: {src[:90]}")
             written.append(out)
+        fig1 = _figure1(spec, main, Path(reg_root) / main, f, m, fimg, mimg, Path(out_dir), notes)
+        if fig1 is not None:
+            written.append(fig1)
     if models_dir is not None:
         models = [n for n, e in spec["methods"].items() if e.get("kind") in {"vtn", "voxelmorph"}]
         out = Path(out_dir) / "training_curves.png"
@@ -313,6 +319,29 @@ def make_figures(spec, metrics_dir, reg_root, subjects_csv, out_dir, models_dir=
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / "notes.txt").write_text("\n".join(notes) + ("\n" if notes else ""))
     return {"written": written, "notes": notes}
+
+
+def _figure1(spec, main, reg, f, m, fimg, mimg, out_dir, notes):
+    """Figure 1 (3-D renderings) of the main method's median pair, or ``None`` with a note."""
+    from vtn.io import load_disp_l2r
+    from vtn.report.render import figure1_rendering
+
+    entry = spec["methods"].get(main, {})
+    if entry.get("star"):
+        notes.append(f"figure1_rendering: {main} registers pre-aligned images - not drawn")
+        return None
+    disp_p, warped_p = reg / f"disp_{f}_{m}.nii.gz", reg / f"warped_{f}_{m}.nii.gz"
+    if not (disp_p.exists() and warped_p.exists()):
+        notes.append(f"figure1_rendering: {disp_p.name} or {warped_p.name} missing in {reg} - "
+                     "not drawn")
+        return None
+    flow, _ = load_disp_l2r(disp_p)
+    warped, _ = load_volume(warped_p)
+    label = entry.get("display") or main
+    src = spec.get("data_source") or "data source not stated"
+    return figure1_rendering(fimg, mimg, flow, warped, out_dir / "figure1_rendering.png",
+                             title=f"{spec['study']}: {label}, fixed {f}, moving {m} (Figure 1 "
+                                   f"style: 3-D renderings)\nData: {src[:150]}")
 
 
 def _parser():
