@@ -841,11 +841,11 @@ def figure_subjects(raw_dir, out_png, n: int = 4) -> Path:
     colour (liver, label 5, in red for the liver dataset) and landmarks within 2 voxels of a
     section are marked. Images are shown in the closest canonical (RAS) orientation.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import nibabel as nib
+
+    from vtn.report.figures import _plt, save_figure
+
+    plt = _plt()
 
     raw_dir = Path(raw_dir)
     rows = read_subjects(raw_dir / "subjects.csv")[:n]
@@ -895,12 +895,7 @@ def figure_subjects(raw_dir, out_png, n: int = 4) -> Path:
     fig.suptitle(f"embedded {organ} dataset (not the paper's data): generated subjects, label "
                  "boundaries, landmarks (x); RAS display (patient right on the right, anterior "
                  "and superior up)", fontsize=9)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import numpy as np
 
 from vtn.io import InputError, load_landmarks, load_volume, read_subjects
 
-__all__ = ["median_pair", "method_panels", "method_figure", "training_curves", "make_figures",
+__all__ = ["save_figure", "median_pair", "method_panels", "method_figure", "training_curves", "make_figures",
            "cli"]
 
 
@@ -47,6 +47,16 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, out_png, dpi: int = 90) -> Path:
+    """``tight_layout``, create the folder, write ``out_png`` and close ``fig``; returns the path."""
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=dpi)
+    _plt().close(fig)
+    return out_png
 
 
 def median_pair(df, metric: str = "iou"):
@@ -173,10 +183,7 @@ def method_figure(columns, fixed, moving, lm_names, out_png, axis=2, title=""):
                 ax.set_ylabel(lname, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
+    save_figure(fig, out_png)
 
 
 def training_curves(models_dir, names, out_png) -> list:
@@ -212,10 +219,7 @@ def training_curves(models_dir, names, out_png) -> list:
         ax.legend(fontsize=6)
     for j in range(len(logs), nrow * ncol):
         axes[j // ncol, j % ncol].axis("off")
-    fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
+    save_figure(fig, out_png)
     return list(logs)
 
 

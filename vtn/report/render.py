@@ -145,7 +145,7 @@ def figure1_rendering(fixed, moving, flow, warped, out_png, title: str = "",
     Returns:
         ``out_png`` as a Path.
     """
-    from vtn.report.figures import _plt
+    from vtn.report.figures import _plt, save_figure
 
     plt = _plt()
     side = max(np.shape(fixed))
@@ -168,9 +168,4 @@ def figure1_rendering(fixed, moving, flow, warped, out_png, title: str = "",
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=110)
