@@ -227,18 +227,24 @@ def test_resume_refuses_other_config(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path):
-    """``compile: true`` (inductor) trains the same model: same loss curve to float32 rounding,
-    and its checkpoint is a plain one (loads into an uncompiled model)."""
+    """``compile: true`` (inductor: model and loss, here AD + inv so that every loss term is
+    compiled) trains the same model: the same loss terms to float32 rounding, and its checkpoint
+    is a plain one (loads into an uncompiled model)."""
     csv = make_subjects(tmp_path / "data", n=3)
     logs, states = {}, {}
     for flag in (False, True):
         out = tmp_path / f"c{int(flag)}"
-        T.train([csv], _cfg(cascade="D", iterations=3, checkpoint_every=3, compile=flag),
+        T.train([csv], _cfg(cascade="AD", iterations=3, checkpoint_every=3, inv_weight=1e-3,
+                            compile=flag),
                 out / "c.pt", out / "log.csv", device="cpu")
         logs[flag] = pd.read_csv(out / "log.csv")
         states[flag] = T.load_checkpoint(out / "c.pt")["model_state"]
     assert set(states[True]) == set(states[False])  # no "_orig_mod." prefixes
+    assert list(logs[True].columns) == list(logs[False].columns)
+    assert {"inv", "det_0", "ortho_0", "sim_1_rev"} <= set(logs[True].columns)
     np.testing.assert_allclose(logs[True]["total"], logs[False]["total"], rtol=1e-4)
+    terms = [c for c in logs[False].columns if c not in ("step", "epoch", "lr", "seconds")]
+    np.testing.assert_allclose(logs[True][terms], logs[False][terms], rtol=1e-3, atol=1e-6)
     for name, v in states[False].items():
         torch.testing.assert_close(states[True][name], v, rtol=1e-3, atol=1e-5)
 
