@@ -638,31 +638,27 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
         t_wait = time.perf_counter()
         values = torch.stack([p[5] for p in pending]).cpu().tolist()
         elapsed += time.perf_counter() - t_wait  # the GPU work still queued when we asked
-        rows, pending_copy = [], list(pending)
+        block = list(pending)
         pending.clear()
-        for k, ((at, epoch, lr, seconds, names, _), vals) in enumerate(zip(pending_copy, values)):
+        for k, ((at, epoch, lr, seconds, names, _), vals) in enumerate(zip(block, values)):
             if not all(math.isfinite(v) for v in vals):
                 bad = {n: v for n, v in zip(names, vals[1:]) if not math.isfinite(v)}
-                for row in rows:
-                    csv_log.write(row)
                 raise NonFiniteLossError(
                     f"step {at}: the loss is not finite (total={vals[0]}; non-finite "
                     f"terms: {bad or 'none -- the weighted sum overflowed'}); training stopped. "
                     f"Last good checkpoint: {last_ckpt or 'none written yet'}")
             if at % cfg["log_every"] == 0 or at == stop:
-                last = k == len(pending_copy) - 1
                 row = {"step": at, "epoch": epoch, "lr": lr,
-                       "seconds": round(elapsed if last else seconds, 4), "total": vals[0]}
+                       "seconds": round(elapsed if k == len(block) - 1 else seconds, 4),
+                       "total": vals[0]}
                 row.update(zip(names, vals[1:]))
-                rows.append(row)
-        for row in rows:
-            csv_log.write(row)
-            if tb is not None:
-                for key, v in row.items():
-                    if key not in ("step", "epoch"):
-                        tb.add_scalar(key, v, row["step"])
+                csv_log.write(row)
+                if tb is not None:
+                    for key, v in row.items():
+                        if key not in ("step", "epoch"):
+                            tb.add_scalar(key, v, at)
         if bar is not None:
-            bar.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{pending_copy[-1][2]:.2e}")
+            bar.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{block[-1][2]:.2e}")
 
     try:
         while step < stop:
