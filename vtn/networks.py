@@ -272,7 +272,12 @@ class DenseSubnet(nn.Module):
         Returns:
             ``(B, 3, D, H, W)`` flow in voxels.
         """
-        feats = self.encoder(torch.cat([fixed, moving], dim=1))
+        return self.raw_flow(torch.cat([fixed, moving], dim=1)) * (20.0 * self.flow_multiplier)
+
+    def raw_flow(self, pair: torch.Tensor) -> torch.Tensor:
+        """Encoder + FlowNet decoder on the stacked pair ``(B, 2, D, H, W)``: the output of
+        ``pred0`` before the ``x 20 x flow_multiplier`` scaling, in the input's dtype."""
+        feats = self.encoder(pair)
         L = self.levels
         x = feats[-1]
         pred = self.pred[str(L)](x)
@@ -282,7 +287,7 @@ class DenseSubnet(nn.Module):
             x = torch.cat([feats[k - 1], de, up], dim=1)
             if k >= 2:
                 pred = self.pred[str(k)](x)
-        return self.pred0(x) * (20.0 * self.flow_multiplier)
+        return self.pred0(x)
 
 
 class AffineSubnet(nn.Module):

@@ -213,17 +213,7 @@ class _FastDense(nn.Module):
         n = self.net
         x = torch.cat([fixed, moving], dim=1).to(self.dtype).contiguous(
             memory_format=self.memory_format)
-        feats = n.encoder(x)
-        L = n.levels
-        x = feats[-1]
-        pred = n.pred[str(L)](x)
-        for k in range(L - 1, 0, -1):
-            up = n.upsamp[str(k)](pred)
-            de = F.leaky_relu(n.deconv[str(k)](x), 0.1)
-            x = torch.cat([feats[k - 1], de, up], dim=1)
-            if k >= 2:
-                pred = n.pred[str(k)](x)
-        flow = n.pred0(x).float() * (20.0 * n.flow_multiplier)
+        flow = n.raw_flow(x).float() * (20.0 * n.flow_multiplier)
         return flow.contiguous()
 
 
