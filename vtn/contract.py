@@ -61,7 +61,9 @@ def write_times(out_dir, rows) -> Path:
     """Write ``times.csv`` (``fixed,moving,seconds,device,threads``) atomically."""
     import pandas as pd
 
-    out_dir = Path(out_dir)
-    tmp = out_dir / ".tmp-times.csv"
-    pd.DataFrame(rows, columns=TIMES_COLUMNS).to_csv(tmp, index=False)
-    return tmp.replace(out_dir / "times.csv")
+    from vtn.io import atomic_write
+
+    path = Path(out_dir) / "times.csv"
+    with atomic_write(path) as tmp:
+        pd.DataFrame(rows, columns=TIMES_COLUMNS).to_csv(tmp, index=False)
+    return path

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from vtn import metrics
-from vtn.io import (InputError, load_disp_l2r, load_landmarks, load_volume, read_pairs,
-                    read_subjects)
+from vtn.io import (InputError, atomic_write, load_disp_l2r, load_landmarks, load_volume,
+                    read_pairs, read_subjects)
 
 __all__ = ["COLUMNS", "LABEL_COLUMNS", "liver_mask", "evaluate_pair", "evaluate", "cli"]
 
@@ -275,10 +275,8 @@ def cli(argv=None) -> int:
         print(f"vtn evaluate: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".tmp-" + out.name)
-    df.to_csv(tmp, index=False)
-    tmp.replace(out)
+    with atomic_write(out) as tmp:
+        df.to_csv(tmp, index=False)
     if args.labels_out:
         lo = Path(args.labels_out)
         lo.parent.mkdir(parents=True, exist_ok=True)

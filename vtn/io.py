@@ -6,6 +6,7 @@ Every reader raises :class:`InputError` naming the file and what is wrong with i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -27,12 +28,33 @@ __all__ = [
     "disp_ras_mm_to_voxel",
     "save_itk_warp",
     "load_itk_warp",
+    "atomic_write",
     "atomic_write_json",
 ]
 
 
 class InputError(ValueError):
     """A bad input file: the message names the file and the problem."""
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Write ``path`` all at once: yields a temporary path beside it (``.tmp-<name>``, same
+    suffix, so writers that infer the format from the name still work) that replaces ``path``
+    when the block ends without an exception; on an exception the temporary file is removed and
+    ``path`` is left as it was. The folder is created.
+
+    Example: ``with atomic_write(out) as tmp: df.to_csv(tmp)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp-" + path.name)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def load_volume(path, *, allow_nonfinite: bool = False, dtype=np.float32):
@@ -72,14 +94,11 @@ def save_volume(path, array, affine) -> None:
     """Write a volume as NIfTI (written to a temporary file, then renamed)."""
     import nibabel as nib
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    tmp = path.with_name(".tmp-" + path.name)
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        nib.save(img, str(tmp))
 
 
 def _read_points(path, columns, what):
@@ -132,14 +151,13 @@ def load_raw_landmarks(path):
 
 
 def save_landmarks(path, names, points) -> None:
-    """Write a landmark CSV ``name,i,j,k``."""
+    """Write a landmark CSV ``name,i,j,k`` (through :func:`atomic_write`)."""
     import pandas as pd
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     df = pd.DataFrame({"name": list(names), "i": pts[:, 0], "j": pts[:, 1], "k": pts[:, 2]})
-    df.to_csv(path, index=False, float_format="%.6f")
+    with atomic_write(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6f")
 
 
 def read_subjects(path):
@@ -266,11 +284,8 @@ def save_itk_warp(path, flow, affine, moving_affine=None) -> None:
     img.header.set_intent(1007, (), "")
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        nib.save(img, str(tmp))
 
 
 def load_itk_warp(path):
@@ -289,9 +304,6 @@ def load_itk_warp(path):
 
 
 def atomic_write_json(path, obj) -> None:
-    """Write JSON through a temporary file so a killed job leaves no half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, path)
+    """Write JSON through :func:`atomic_write` so a killed job leaves no half-written file."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))

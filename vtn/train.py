@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import csv
 import math
-import os
 import random
 import shutil
 import sys
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 from vtn.device import to_device
-from vtn.io import InputError, load_disp_l2r, load_volume, read_pairs, read_subjects
+from vtn.io import InputError, atomic_write, load_disp_l2r, load_volume, read_pairs, read_subjects
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -401,13 +400,10 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path, ckpt: dict) -> Path:
-    """``torch.save`` through a temporary file + ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+    """``torch.save`` through :func:`vtn.io.atomic_write` (never a half-written file)."""
+    with atomic_write(path) as tmp:
+        torch.save(ckpt, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -716,10 +712,8 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
                 _prune(ckpt_dir, cfg["keep_checkpoints"])
     finally:
         csv_log.close()
-        log.parent.mkdir(parents=True, exist_ok=True)
-        tmp_log = log.with_name(".tmp-" + log.name)
-        shutil.copyfile(run_log, tmp_log)
-        os.replace(tmp_log, log)
+        with atomic_write(log) as tmp_log:
+            shutil.copyfile(run_log, tmp_log)
         if bar is not None:
             bar.close()
         if tb is not None:

@@ -34,14 +34,13 @@ absent). Files that nibabel cannot read (MetaImage, HDF5) are converted into the
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from vtn.io import InputError, read_subjects
+from vtn.io import InputError, atomic_write, read_subjects
 
 __all__ = ["LAYOUTS", "import_dataset", "sitk_to_nifti", "cli"]
 
@@ -83,11 +82,8 @@ def sitk_to_nifti(src, dst, label=False):
         raise InputError(f"{src}: expected a 3-D scalar volume, got dimension {img.GetDimension()}")
     if label:
         img = sitk.Cast(img, sitk.sitkInt16)
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(".tmp-" + dst.name)
-    sitk.WriteImage(img, str(tmp))
-    os.replace(tmp, dst)
+    with atomic_write(dst) as tmp:
+        sitk.WriteImage(img, str(tmp))
     d = np.array(img.GetDirection()).reshape(3, 3)
     aff = np.eye(4)
     aff[:3, :3] = d @ np.diag(img.GetSpacing())
@@ -219,10 +215,9 @@ def _hdf5(path, outdir, affine):
                         names = [f"L{i + 1}" for i in np.nonzero(keep)[0]]
                         mm = (affine @ np.c_[pts[keep], np.ones(keep.sum())].T).T[:, :3]
                         lm = outdir / f"{sid}_landmarks.csv"
-                        tmp = lm.with_name(".tmp-" + lm.name)
-                        pd.DataFrame({"name": names, "x": mm[:, 0], "y": mm[:, 1], "z": mm[:, 2]}).to_csv(
-                            tmp, index=False, float_format="%.6f")
-                        os.replace(tmp, lm)
+                        with atomic_write(lm) as tmp:
+                            pd.DataFrame({"name": names, "x": mm[:, 0], "y": mm[:, 1], "z": mm[:, 2]}).to_csv(
+                                tmp, index=False, float_format="%.6f")
                 rows.append({"subject": sid, "image": img, "seg": seg, "landmarks": lm})
     return rows
 
@@ -293,9 +288,8 @@ def import_dataset(layout, path, out, landmarks_dir=None, affine=None):
     table = [{"subject": r["subject"],
               **{k: (str(Path(r[k]).resolve()) if r[k] is not None else "") for k in ("image", "seg", "landmarks")}}
              for r in rows]
-    tmp = out.with_name(".tmp-" + out.name)
-    pd.DataFrame(table, columns=["subject", "image", "seg", "landmarks"]).to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        pd.DataFrame(table, columns=["subject", "image", "seg", "landmarks"]).to_csv(tmp, index=False)
     return table
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vtn.io import InputError, atomic_write_json, load_landmarks, load_volume, read_subjects, save_landmarks, save_volume
+from vtn.io import InputError, atomic_write, atomic_write_json, load_landmarks, load_volume, read_subjects, save_landmarks, save_volume
 
 __all__ = ["PRESETS", "ants_affine_args", "lps_affine_to_matrix", "ants_voxel_to_lps", "register_affine",
            "apply_voxel_affine", "prealign_dataset", "cli"]
@@ -176,9 +176,8 @@ def prealign_dataset(subjects, atlas, out, threads=1, preset="paper", atlas_seg=
                                                                      preset=preset, seed=seed)
                 except RuntimeError as exc:
                     raise InputError(f"{row['image']}: ANTs registration to {atlas} failed ({exc})") from exc
-                tmp = out / f".tmp-{sid}_prealign.mat"
-                shutil.copyfile(mat, tmp)
-                os.replace(tmp, out / f"{sid}_prealign.mat")
+                with atomic_write(out / f"{sid}_prealign.mat") as tmp:
+                    shutil.copyfile(mat, tmp)
         aligned = apply_voxel_affine(img, a2p, a_img.shape, order=1)
         save_volume(out / f"{sid}_image.nii.gz", aligned.astype(np.float32), a_aff)
         rec = {"subject": sid, "image": f"{sid}_image.nii.gz", "seg": "", "landmarks": ""}
@@ -198,18 +197,15 @@ def prealign_dataset(subjects, atlas, out, threads=1, preset="paper", atlas_seg=
             hi = np.asarray(a_img.shape) - 1
             outside = [n for n, v in zip(names, q) if ((v < 0) | (v > hi)).any()]
             info["landmarks_outside_atlas_grid"] = outside
-            tmp = out / f".tmp-{sid}_landmarks.csv"
-            save_landmarks(tmp, names, q)
-            os.replace(tmp, out / f"{sid}_landmarks.csv")
+            save_landmarks(out / f"{sid}_landmarks.csv", names, q)
             rec["landmarks"] = f"{sid}_landmarks.csv"
         meta.update({"subject": sid, "atlas_to_prep": a2p.tolist(), "prealign_seconds": float(seconds),
                      "prealign": info})
         atomic_write_json(out / f"{sid}_prep.json", meta)
         table.append(rec)
         log(f"{sid}: registration {seconds:.1f} s")
-    tmp = out / ".tmp-subjects.csv"
-    pd.DataFrame(table, columns=["subject", "image", "seg", "landmarks"]).to_csv(tmp, index=False)
-    os.replace(tmp, out / "subjects.csv")
+    with atomic_write(out / "subjects.csv") as tmp:
+        pd.DataFrame(table, columns=["subject", "image", "seg", "landmarks"]).to_csv(tmp, index=False)
     return [r["subject"] for r in table]
 
 

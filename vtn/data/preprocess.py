@@ -43,7 +43,6 @@ subject succeeded (1 if none did). Every output file is written to a temporary n
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vtn.io import (InputError, atomic_write_json, load_raw_landmarks, load_volume, read_subjects,
+from vtn.io import (InputError, atomic_write, atomic_write_json, load_raw_landmarks, load_volume, read_subjects,
                     save_landmarks, save_volume)
 
 __all__ = [
@@ -502,18 +501,8 @@ def preprocess_subject(image, organ, size, seg=None, landmarks=None, liver_label
 # --------------------------------------------------------------------------------------------
 
 def _atomic_csv(df, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _atomic_landmarks(path, names, pts):
-    path = Path(path)
-    tmp = path.with_name(".tmp-" + path.name)
-    save_landmarks(tmp, names, pts)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def make_pairs(subjects, max_pairs=None, seed=0):
@@ -590,7 +579,7 @@ def preprocess_dataset(subjects, organ, size, reference, out, reference_seg=None
             if res.meta["landmarks_dropped"]:
                 log(f"{sid}: landmarks outside the crop box dropped: {', '.join(res.meta['landmarks_dropped'])}")
             if res.landmarks is not None:
-                _atomic_landmarks(out / f"{sid}_landmarks.csv", *res.landmarks)
+                save_landmarks(out / f"{sid}_landmarks.csv", *res.landmarks)
                 rec["landmarks"] = f"{sid}_landmarks.csv"
             meta = dict(res.meta, subject=sid, histogram_matching=hist,
                         seconds=time.perf_counter() - t1)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from vtn.io import InputError, atomic_write_json
+from vtn.io import InputError, atomic_write, atomic_write_json
 
 __all__ = ["PACKAGES", "GROUPS", "fetch", "package_dir", "sha256_file", "cli"]
 
@@ -192,15 +191,13 @@ def _extract(archive: Path, spec: dict, dest: Path, name: str) -> dict:
 
     def _write(member: str, fh) -> None:
         outname, digest = wanted[member]
-        tmp = dest / (".tmp-" + outname)
-        with open(tmp, "wb") as out:
-            shutil.copyfileobj(fh, out)
-        got = sha256_file(tmp)
-        if got != digest:
-            tmp.unlink()
-            raise RuntimeError(f"fetch {name}: member {member} has sha256 {got}, "
-                               f"expected {digest} (archive content changed?)")
-        os.replace(tmp, dest / outname)
+        with atomic_write(dest / outname) as tmp:
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(fh, out)
+            got = sha256_file(tmp)
+            if got != digest:
+                raise RuntimeError(f"fetch {name}: member {member} has sha256 {got}, "
+                                   f"expected {digest} (archive content changed?)")
         found[outname] = got
 
     if spec["kind"] == "wheel" or zipfile.is_zipfile(archive):

@@ -78,7 +78,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vtn.io import (InputError, atomic_write_json, load_raw_landmarks, load_volume, read_pairs,
+from vtn.io import (InputError, atomic_write, atomic_write_json, load_raw_landmarks, load_volume, read_pairs,
                     read_subjects, save_disp_l2r, save_volume)
 
 __all__ = [
@@ -254,10 +254,7 @@ class SubjectTransform:
         mm, ``bspline_spacing`` (3,) mm, ``bspline_order`` (3), ``base_affine``, ``base_shape``,
         ``subject_affine``, ``subject_shape``, ``convention`` (text), ``info`` (JSON text).
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".tmp-" + path.name)
-        with open(tmp, "wb") as fh:
+        with atomic_write(path) as tmp, open(tmp, "wb") as fh:
             np.savez(
                 fh,
                 matrix=np.asarray(self.matrix, dtype=np.float64),
@@ -275,7 +272,6 @@ class SubjectTransform:
                     "cubic B-spline, zero outside the control grid"),
                 info=np.array(json.dumps(self.info, sort_keys=True, default=float)),
             )
-        tmp.replace(path)
 
     @classmethod
     def load(cls, path) -> "SubjectTransform":

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from vtn import stats
-from vtn.io import InputError
+from vtn.io import InputError, atomic_write
 from vtn.report import paper
 from vtn.report.tables import load_metrics, load_spec
 
@@ -296,9 +296,8 @@ def write_claims(specs, metrics_root, out) -> list:
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     counts = pd.Series([r["verdict"] for r in rows]).value_counts().to_dict() if rows else {}
     lines += ["", "Summary: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))]
-    tmp = out.with_name(".tmp-" + out.name)
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out)
+    with atomic_write(out) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False)
     return rows
 
