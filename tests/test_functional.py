@@ -202,6 +202,40 @@ def test_shape_errors():
         vf.sample_flow(torch.zeros(2, 3, 4, 4, 4), torch.zeros(5, 3))
 
 
+def test_warp_with_precomputed_grid_matches_warp_and_integer_shift():
+    torch.manual_seed(2)
+    img = torch.rand(2, 2, 8, 9, 10, dtype=torch.float64)
+    flow = torch.randn(2, 3, 8, 9, 10, dtype=torch.float64) * 2
+    grid = vf.sampling_grid((8, 9, 10), dtype=torch.float64)
+    assert grid[0].shape == (1, 8, 9, 10, 3) and grid[1].shape == (3,)
+    out = vf.warp(img, flow, grid=grid)
+    assert torch.allclose(out, vf.warp(img, flow), atol=1e-12)
+    assert not torch.equal(out, img)  # the flow moves the image (the test can fail)
+    # integer shift of +1 voxel along axis 2: out[..., k] = img[..., k + 1] (border clamp)
+    shift = _const_flow((8, 9, 10), [0.0, 0.0, 1.0]).expand(2, 3, 8, 9, 10)
+    out = vf.warp(img, shift, grid=grid)
+    assert torch.allclose(out[..., :-1], img[..., 1:], atol=1e-12)
+    assert torch.allclose(out[..., -1], img[..., -1], atol=1e-12)
+    g1 = torch.randn(2, 3, 8, 9, 10, dtype=torch.float64)
+    assert torch.allclose(vf.compose(g1, flow, grid=grid), vf.compose(g1, flow), atol=1e-12)
+    with pytest.raises(ValueError, match="grid is for shape"):
+        vf.warp(img, flow, grid=vf.sampling_grid((8, 9, 11), dtype=torch.float64))
+
+
+def test_forward_differences_and_det3_exact():
+    # a linear ramp has constant differences: t = 2 x0 - 3 x1 + 0.5 x2
+    x = vf.identity_grid((4, 5, 6), dtype=torch.float64)
+    t = (2 * x[0] - 3 * x[1] + 0.5 * x[2]).view(1, 1, 4, 5, 6)
+    d0, d1, d2 = vf.forward_differences(t)
+    assert d0.shape == (1, 1, 3, 5, 6) and d1.shape == (1, 1, 4, 4, 6)
+    assert d2.shape == (1, 1, 4, 5, 5)
+    assert (d0 == 2).all() and (d1 == -3).all() and (d2 == 0.5).all()
+    M = torch.from_numpy(np.random.default_rng(3).standard_normal((7, 2, 3, 3)))
+    np.testing.assert_allclose(vf.det3(M).numpy(), np.linalg.det(M.numpy()), rtol=1e-12)
+    with pytest.raises(ValueError, match="M must have shape"):
+        vf.det3(torch.zeros(2, 3, 2))
+
+
 def test_warp_labels_keeps_integer_labels():
     shape = (8, 8, 8)
     rng = np.random.default_rng(9)

@@ -58,24 +58,6 @@ def test_subpixel_rejects_other_geometry():
         perf.SubpixelConvTranspose3d(nn.Conv3d(2, 2, 3))
 
 
-def test_fast_warp_matches_warp_and_integer_shift():
-    torch.manual_seed(2)
-    img = torch.rand(2, 2, 8, 9, 10, dtype=torch.float64)
-    flow = torch.randn(2, 3, 8, 9, 10, dtype=torch.float64) * 2
-    assert torch.allclose(perf.fast_warp(img, flow), vf.warp(img, flow), atol=1e-12)
-    # integer shift of +1 voxel along axis 2: out[..., k] = img[..., k + 1] (border clamp)
-    shift = torch.zeros(2, 3, 8, 9, 10, dtype=torch.float64)
-    shift[:, 2] = 1.0
-    out = perf.fast_warp(img, shift)
-    assert torch.allclose(out[..., :-1], img[..., 1:], atol=1e-12)
-    assert torch.allclose(out[..., -1], img[..., -1], atol=1e-12)
-    # compose
-    g1 = torch.randn(2, 3, 8, 9, 10, dtype=torch.float64)
-    assert torch.allclose(perf.fast_compose(g1, flow), vf.compose(g1, flow), atol=1e-12)
-    with pytest.raises(ValueError, match="flow must have shape"):
-        perf.fast_warp(img, flow[:, :2])
-
-
 @pytest.mark.parametrize("spec", ["D", "ADD"])
 def test_fast_model_float32_equals_default(spec):
     torch.manual_seed(3)
@@ -87,6 +69,9 @@ def test_fast_model_float32_equals_default(spec):
         out = fast(f, m)
     assert set(out) == set(ref)
     assert fast.subnet_kinds == list(spec)
+    # one forward: the fast model is a Cascade with other subnets and a cached grid
+    assert type(fast) is networks.Cascade and fast.cached_grid and not model.cached_grid
+    assert fast.config == model.config
     for key in ("flows", "agg", "warped"):
         assert len(out[key]) == len(spec)
         for a, b in zip(out[key], ref[key]):

@@ -15,8 +15,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "check_flow",
+    "forward_differences",
+    "det3",
     "identity_grid",
     "centered_grid",
+    "sampling_grid",
     "warp",
     "warp_labels",
     "compose",
@@ -27,7 +31,8 @@ __all__ = [
 ]
 
 
-def _check_flow(flow: torch.Tensor, name: str = "flow") -> None:
+def check_flow(flow: torch.Tensor, name: str = "flow") -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``flow`` is ``(B, 3, D, H, W)``."""
     if flow.dim() != 5 or flow.shape[1] != 3:
         raise ValueError(f"{name} must have shape (B, 3, D, H, W), got {tuple(flow.shape)}")
 
@@ -80,7 +85,27 @@ def _normalised_sampling_grid(flow: torch.Tensor) -> torch.Tensor:
     return norm.permute(0, 2, 3, 4, 1).flip(-1)
 
 
-def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+def sampling_grid(shape, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalised identity grid of ``shape`` for ``warp(..., grid=)``, built once.
+
+    Computed in float64, then cast: ``base = 2 x / (L - 1) - 1`` per axis and
+    ``scale = 2 / (L - 1)``, both with the last dimension ordered (W, H, D) as ``grid_sample``
+    expects (VoxelMorph passes its ``meshgrid`` the same way).
+
+    Returns:
+        ``(base (1, D, H, W, 3), scale (3,))``, plain tensors even under ``inference_mode``.
+    """
+    shape = tuple(int(s) for s in shape)
+    with torch.inference_mode(False):
+        scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], dtype=torch.float64)
+        ident = identity_grid(shape, dtype=torch.float64)  # (3, D, H, W)
+        base = (ident * scale.view(3, 1, 1, 1) - 1.0).permute(1, 2, 3, 0).flip(-1)
+        return (base.unsqueeze(0).contiguous().to(device=device, dtype=dtype),
+                scale.flip(0).to(device=device, dtype=dtype))
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear",
+         grid: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Warp ``image`` with ``flow``: ``out(x) = image(x + flow(x))``.
 
     Args:
@@ -89,11 +114,15 @@ def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> tor
             grid may differ in size from ``image`` only if the flow was built for it; normally
             both share the spatial shape.
         mode: ``"bilinear"`` (trilinear in 3-D) or ``"nearest"``.
+        grid: ``(base, scale)`` of :func:`sampling_grid` for the flow's shape, computed once by
+            the caller (the fast path keeps it as a buffer): the normalised positions are then
+            ``base + flow * scale`` instead of ``(x + flow) * scale - 1``, equal up to float
+            rounding (a few 1e-7 of the normalised coordinate). ``None``: built here.
 
     Returns:
         ``(B, C, D, H, W)`` warped image on the flow's grid, border-clamped.
     """
-    _check_flow(flow)
+    check_flow(flow)
     if image.dim() != 5:
         raise ValueError(f"image must have shape (B, C, D, H, W), got {tuple(image.shape)}")
     if image.shape[0] != flow.shape[0]:
@@ -102,10 +131,16 @@ def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> tor
         raise ValueError(
             f"image grid {tuple(image.shape[2:])} differs from flow grid {tuple(flow.shape[2:])}"
         )
-    grid = _normalised_sampling_grid(flow.to(image.dtype) if image.is_floating_point() else flow)
     src = image if image.is_floating_point() else image.to(flow.dtype)
-    out = F.grid_sample(src, grid, mode=mode, padding_mode="border", align_corners=True)
-    return out
+    if grid is None:
+        pos = _normalised_sampling_grid(flow.to(src.dtype))
+    else:
+        base, scale = (t.to(src.dtype) for t in grid)
+        if tuple(base.shape[1:4]) != tuple(flow.shape[2:]):
+            raise ValueError(f"grid is for shape {tuple(base.shape[1:4])}, the flow's grid is "
+                             f"{tuple(flow.shape[2:])}")
+        pos = torch.addcmul(base, flow.to(src.dtype).permute(0, 2, 3, 4, 1).flip(-1), scale)
+    return F.grid_sample(src, pos, mode=mode, padding_mode="border", align_corners=True)
 
 
 def warp_labels(labels: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -122,7 +157,8 @@ def warp_labels(labels: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return torch.round(out).to(labels.dtype)
 
 
-def compose(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+def compose(g1: torch.Tensor, g2: torch.Tensor,
+            grid: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Composition of flows (paper eq. 3): ``g1 * g2 = g2 + warp(g1, g2)``.
 
     ``warp(warp(I, g1), g2) == warp(I, compose(g1, g2))`` (eq. 4): first ``g1`` then ``g2``.
@@ -130,10 +166,11 @@ def compose(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
     Args:
         g1: ``(B, 3, D, H, W)`` flow applied first.
         g2: ``(B, 3, D, H, W)`` flow applied second.
+        grid: optional precomputed grid of :func:`sampling_grid` (see :func:`warp`).
     """
-    _check_flow(g1, "g1")
-    _check_flow(g2, "g2")
-    return g2 + warp(g1, g2)
+    check_flow(g1, "g1")
+    check_flow(g2, "g2")
+    return g2 + warp(g1, g2, grid=grid)
 
 
 def affine_flow(W: torch.Tensor, b: torch.Tensor, shape) -> torch.Tensor:
@@ -171,19 +208,47 @@ def jacobian_det(flow: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B, D-1, H-1, W-1)`` determinants (dimensionless).
     """
-    _check_flow(flow)
-    u = flow
-    du0 = u[:, :, 1:, :-1, :-1] - u[:, :, :-1, :-1, :-1]
-    du1 = u[:, :, :-1, 1:, :-1] - u[:, :, :-1, :-1, :-1]
-    du2 = u[:, :, :-1, :-1, 1:] - u[:, :, :-1, :-1, :-1]
+    check_flow(flow)
+    d0, d1, d2 = forward_differences(flow)
+    # on the (D-1, H-1, W-1) grid where all three differences exist
+    du0 = d0[:, :, :, :-1, :-1]
+    du1 = d1[:, :, :-1, :, :-1]
+    du2 = d2[:, :, :-1, :-1, :]
     # J[i][j] = d x_i' / d x_j = delta_ij + d u_i / d x_j
     J = torch.stack([du0, du1, du2], dim=2)  # (B, i, j, ...)
     eye = torch.eye(3, dtype=flow.dtype, device=flow.device).view(1, 3, 3, 1, 1, 1)
     J = J + eye
-    a, b_, c = J[:, 0, 0], J[:, 0, 1], J[:, 0, 2]
-    d, e, f = J[:, 1, 0], J[:, 1, 1], J[:, 1, 2]
-    g, h, i = J[:, 2, 0], J[:, 2, 1], J[:, 2, 2]
-    return a * (e * i - f * h) - b_ * (d * i - f * g) + c * (d * h - e * g)
+    return det3(J.permute(0, 3, 4, 5, 1, 2))
+
+
+def forward_differences(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward differences of a ``(B, C, D, H, W)`` tensor along the three spatial axes.
+
+    Returns:
+        ``(t[x + e_0] - t[x], t[x + e_1] - t[x], t[x + e_2] - t[x])`` where they exist:
+        shapes ``(B, C, D-1, H, W)``, ``(B, C, D, H-1, W)``, ``(B, C, D, H, W-1)``; units of
+        ``t`` per voxel.
+    """
+    if t.dim() != 5:
+        raise ValueError(f"t must have shape (B, C, D, H, W), got {tuple(t.shape)}")
+    return (t[:, :, 1:] - t[:, :, :-1],
+            t[:, :, :, 1:] - t[:, :, :, :-1],
+            t[:, :, :, :, 1:] - t[:, :, :, :, :-1])
+
+
+def det3(M: torch.Tensor) -> torch.Tensor:
+    """Determinant of ``(..., 3, 3)`` matrices by cofactor expansion along the first row
+    (smooth everywhere, no pivoting): ``a(ei - fh) - b(di - fg) + c(dh - eg)``.
+
+    Returns:
+        ``(...)``.
+    """
+    if M.dim() < 2 or tuple(M.shape[-2:]) != (3, 3):
+        raise ValueError(f"M must have shape (..., 3, 3), got {tuple(M.shape)}")
+    a, b, c = M[..., 0, 0], M[..., 0, 1], M[..., 0, 2]
+    d, e, f = M[..., 1, 0], M[..., 1, 1], M[..., 1, 2]
+    g, h, i = M[..., 2, 0], M[..., 2, 1], M[..., 2, 2]
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
 def sample_flow(flow: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -198,7 +263,7 @@ def sample_flow(flow: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """
     if flow.dim() == 4:
         flow = flow.unsqueeze(0)
-    _check_flow(flow)
+    check_flow(flow)
     if flow.shape[0] != 1:
         raise ValueError("sample_flow takes a single flow (batch 1)")
     if points.dim() != 2 or points.shape[1] != 3:

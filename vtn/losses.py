@@ -16,13 +16,13 @@ the batch reduction, the relative weights of Table I keep their meaning.
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from vtn import functional as vf
+from vtn.functional import check_flow as _check_flow
+from vtn.networks import check_spec
 
 __all__ = [
     "correlation_coefficient",
@@ -39,20 +39,12 @@ __all__ = [
     "VoxelMorphLoss",
 ]
 
-_SPEC_RE = re.compile(r"^(A?D+|A)$")
-
-
 def _check_image_pair(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.dim() < 2 or a.shape != b.shape:
         raise ValueError(
             f"images must have the same shape (B, C, ...), got {tuple(a.shape)} and "
             f"{tuple(b.shape)}"
         )
-
-
-def _check_flow(flow: torch.Tensor, name: str = "flow") -> None:
-    if flow.dim() != 5 or flow.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (B, 3, D, H, W), got {tuple(flow.shape)}")
 
 
 def _check_matrix(W: torch.Tensor) -> None:
@@ -155,10 +147,7 @@ def total_variation(flow: torch.Tensor, reference: bool = False) -> torch.Tensor
         ``(B,)`` in voxels^2.
     """
     _check_flow(flow)
-    d0 = flow[:, :, 1:] - flow[:, :, :-1]
-    d1 = flow[:, :, :, 1:] - flow[:, :, :, :-1]
-    d2 = flow[:, :, :, :, 1:] - flow[:, :, :, :, :-1]
-    total = sum(d.pow(2).reshape(d.shape[0], -1).sum(dim=1) for d in (d0, d1, d2))
+    total = sum(d.pow(2).reshape(d.shape[0], -1).sum(dim=1) for d in vf.forward_differences(flow))
     omega = flow.shape[2] * flow.shape[3] * flow.shape[4]
     out = total / (3.0 * omega)
     return out / 2.0 if reference else out
@@ -171,18 +160,8 @@ def gradient_l2_loss(flow: torch.Tensor) -> torch.Tensor:
     the voxels where the difference exists. ``(B,)``, voxels^2.
     """
     _check_flow(flow)
-    d0 = flow[:, :, 1:] - flow[:, :, :-1]
-    d1 = flow[:, :, :, 1:] - flow[:, :, :, :-1]
-    d2 = flow[:, :, :, :, 1:] - flow[:, :, :, :, :-1]
-    return sum(d.pow(2).reshape(d.shape[0], -1).mean(dim=1) for d in (d0, d1, d2)) / 3.0
-
-
-def _det3(M: torch.Tensor) -> torch.Tensor:
-    """Cofactor determinant of ``(..., 3, 3)`` matrices (smooth everywhere)."""
-    a, b, c = M[..., 0, 0], M[..., 0, 1], M[..., 0, 2]
-    d, e, f = M[..., 1, 0], M[..., 1, 1], M[..., 1, 2]
-    g, h, i = M[..., 2, 0], M[..., 2, 1], M[..., 2, 2]
-    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+    return sum(d.pow(2).reshape(d.shape[0], -1).mean(dim=1)
+               for d in vf.forward_differences(flow)) / 3.0
 
 
 def orthogonality_loss(W: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -215,7 +194,7 @@ def orthogonality_loss(W: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     s1 = C[:, 0, 0] + C[:, 1, 1] + C[:, 2, 2]
     s2 = (C[:, 0, 0] * C[:, 1, 1] + C[:, 1, 1] * C[:, 2, 2] + C[:, 2, 2] * C[:, 0, 0]
           - C[:, 0, 1] * C[:, 1, 0] - C[:, 1, 2] * C[:, 2, 1] - C[:, 2, 0] * C[:, 0, 2])
-    s3 = _det3(C)
+    s3 = vf.det3(C)
     s2 = torch.clamp(s2, min=3 * eps**2)
     s3 = torch.clamp(s3, min=eps**3)
     loss = s1 + (1 + eps) ** 2 * s2 / s3 - 6 * (1 + eps)
@@ -233,7 +212,7 @@ def determinant_loss(W: torch.Tensor) -> torch.Tensor:
     """
     _check_matrix(W)
     A = W + torch.eye(3, dtype=W.dtype, device=W.device)
-    return (_det3(A) - 1.0) ** 2
+    return (vf.det3(A) - 1.0) ** 2
 
 
 def _central(t: torch.Tensor) -> torch.Tensor:
@@ -301,8 +280,7 @@ def default_weights(spec: str) -> list[dict]:
     ``{"sim": w, "tv": 1}`` with ``w = 1`` for the last dense subnet, 0.05 for the one before
     it and 0 for earlier ones (ADDD: 0, 0.05, 1 as in Table I).
     """
-    if not isinstance(spec, str) or not _SPEC_RE.match(spec):
-        raise ValueError(f"invalid cascade spec {spec!r}: expected 'A' or A?D+ (e.g. 'ADDD')")
+    check_spec(spec)
     n_dense = spec.count("D")
     out = []
     j = 0
@@ -362,8 +340,7 @@ class VTNLoss(nn.Module):
                  reduction: str = "mean", supervised_similarity: bool = False,
                  tv_reference: bool = False, inv_central: bool = True):
         super().__init__()
-        if not isinstance(spec, str) or not _SPEC_RE.match(spec):
-            raise ValueError(f"invalid cascade spec {spec!r}: expected 'A' or A?D+")
+        check_spec(spec)
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         weights = default_weights(spec) if weights is None else [dict(w) for w in weights]

@@ -45,6 +45,7 @@ from vtn import functional as vf
 
 __all__ = [
     "MAX_LEVELS",
+    "check_spec",
     "uniform_scaling_",
     "num_levels",
     "DenseSubnet",
@@ -59,7 +60,20 @@ __all__ = [
 MAX_LEVELS = 6
 """Number of stride-2 levels of the reference VTN subnet at 128^3 (ending at 2^3)."""
 
+FLOW_SCALE = 20.0
+"""Factor on the output of a dense subnet's ``pred0`` (reference code: ``pred0 * 20``)."""
+
 _SPEC_RE = re.compile(r"^(A?D+|A)$")
+
+
+def check_spec(spec) -> str:
+    """Return ``spec`` if it names a VTN cascade (``"A"`` or ``A?D+``), else raise ``ValueError``."""
+    if not isinstance(spec, str) or not _SPEC_RE.match(spec):
+        raise ValueError(
+            f"invalid cascade spec {spec!r}: expected 'A', or an optional 'A' followed by one "
+            "or more 'D' (e.g. 'D', 'AD', 'ADDD')"
+        )
+    return spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,8 +273,17 @@ class DenseSubnet(nn.Module):
                 self.pred[str(k)] = _pred_conv(c_in)
         self.pred0 = _upconv(c_in, 3)
         if flow_init_scale != 1.0:
-            with torch.no_grad():
-                self.pred0.weight.mul_(float(flow_init_scale))
+            self.damp_flow_head_(flow_init_scale)
+
+    def damp_flow_head_(self, factor: float) -> "DenseSubnet":
+        """Multiply the weights of the final flow layer ``pred0`` by ``factor``, in place."""
+        with torch.no_grad():
+            self.pred0.weight.mul_(float(factor))
+        return self
+
+    def scale_flow(self, raw: torch.Tensor) -> torch.Tensor:
+        """The flow in voxels from :meth:`raw_flow`: ``raw * FLOW_SCALE * flow_multiplier``."""
+        return raw * (FLOW_SCALE * self.flow_multiplier)
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         """Predict the flow that pulls ``moving`` onto ``fixed``.
@@ -272,11 +295,11 @@ class DenseSubnet(nn.Module):
         Returns:
             ``(B, 3, D, H, W)`` flow in voxels.
         """
-        return self.raw_flow(torch.cat([fixed, moving], dim=1)) * (20.0 * self.flow_multiplier)
+        return self.scale_flow(self.raw_flow(torch.cat([fixed, moving], dim=1)))
 
     def raw_flow(self, pair: torch.Tensor) -> torch.Tensor:
         """Encoder + FlowNet decoder on the stacked pair ``(B, 2, D, H, W)``: the output of
-        ``pred0`` before the ``x 20 x flow_multiplier`` scaling, in the input's dtype."""
+        ``pred0`` before :meth:`scale_flow`, in the input's dtype."""
         feats = self.encoder(pair)
         L = self.levels
         x = feats[-1]
@@ -349,19 +372,22 @@ class Cascade(nn.Module):
     border (identical inside the volume up to rounding). Gradients flow through every warp.
 
     Build with :func:`build_cascade`; ``config`` rebuilds through :func:`build_model`.
+
+    ``subnets`` (one module per letter of ``spec``, same call contract as :class:`AffineSubnet`
+    / :class:`DenseSubnet`, outputs in any float dtype) replaces the subnets that would be
+    built; ``cached_grid=True`` keeps the :func:`vtn.functional.sampling_grid` of the image
+    shape as (non-persistent) buffers and passes it to every warp. The fast inference path
+    (:func:`vtn.perf.fast_model`) is this class with both: one forward for every model.
     """
 
     def __init__(self, spec: str, image_size, channels: int = 16,
                  flow_multiplier: float | str = 1.0, tf_same_padding: bool = False,
                  affine_final_size: int = 4, affine_compose: str = "analytic",
                  dense_levels: int | None = None, affine_levels: int | None = None,
-                 flow_init_scale: float = 1.0):
+                 flow_init_scale: float = 1.0, *, subnets: Sequence[nn.Module] | None = None,
+                 cached_grid: bool = False):
         super().__init__()
-        if not isinstance(spec, str) or not _SPEC_RE.match(spec):
-            raise ValueError(
-                f"invalid cascade spec {spec!r}: expected 'A', or an optional 'A' followed by one "
-                "or more 'D' (e.g. 'D', 'AD', 'ADDD')"
-            )
+        check_spec(spec)
         if affine_compose not in ("analytic", "warp"):
             raise ValueError(f"affine_compose must be 'analytic' or 'warp', got {affine_compose!r}")
         shape = _as_shape(image_size)
@@ -390,15 +416,24 @@ class Cascade(nn.Module):
             "affine_levels": affine_levels,
             "flow_init_scale": float(flow_init_scale),
         }
-        subnets = []
-        for kind in spec:
-            if kind == "A":
-                subnets.append(AffineSubnet(shape, channels, affine_final_size, tf_same_padding,
-                                            affine_levels))
-            else:
-                subnets.append(DenseSubnet(shape, channels, fm, tf_same_padding, dense_levels,
-                                           flow_init_scale))
+        if subnets is None:
+            subnets = []
+            for kind in spec:
+                if kind == "A":
+                    subnets.append(AffineSubnet(shape, channels, affine_final_size,
+                                                tf_same_padding, affine_levels))
+                else:
+                    subnets.append(DenseSubnet(shape, channels, fm, tf_same_padding,
+                                               dense_levels, flow_init_scale))
+        elif len(subnets) != len(spec):
+            raise ValueError(f"subnets: {len(subnets)} modules for the {len(spec)} subnets of "
+                             f"{spec!r}")
         self.subnets = nn.ModuleList(subnets)
+        self.cached_grid = bool(cached_grid)
+        if self.cached_grid:
+            base, scale = vf.sampling_grid(shape)
+            self.register_buffer("grid_base", base, persistent=False)
+            self.register_buffer("grid_scale", scale, persistent=False)
 
     @property
     def config(self) -> dict:
@@ -417,6 +452,7 @@ class Cascade(nn.Module):
             (``(W, b)`` or ``None``), ``flow`` (``agg[-1]``), ``fixed``, ``moving``.
         """
         _check_pair(fixed, moving, self.image_shape)
+        grid = (self.grid_base, self.grid_scale) if self.cached_grid else None
         flows, agg, warped = [], [], []
         affine = None
         for k, (kind, net) in enumerate(zip(self.subnet_kinds, self.subnets)):
@@ -438,10 +474,10 @@ class Cascade(nn.Module):
                         W = affine[0]
                         a = f + torch.einsum("bij,bjdhw->bidhw", W, f) + agg[0]
                     else:
-                        a = vf.compose(agg[-1], f)
+                        a = vf.compose(agg[-1], f, grid=grid)
                 flows.append(f)
                 agg.append(a)
-                warped.append(vf.warp(moving, a))
+                warped.append(vf.warp(moving, a, grid=grid))
         return {"flows": flows, "agg": agg, "warped": warped, "affine": affine,
                 "flow": agg[-1], "fixed": fixed, "moving": moving}
 

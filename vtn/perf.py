@@ -11,7 +11,8 @@ throw most of that away when one simply wraps the model in ``torch.autocast``:
 * the flow arithmetic (grid construction for ``grid_sample``) is memory-bound and rebuilt every
   call.
 
-:func:`fast_model` returns an equivalent module that fixes the three:
+:func:`fast_model` returns the same :class:`vtn.networks.Cascade` (one forward) with other
+subnets and a cached grid, which fixes the three:
 
 * weights stored once in ``dtype`` (bfloat16 by default) and ``channels_last_3d``;
 * every ``ConvTranspose3d(k=4, s=2, p=1)`` replaced by :class:`SubpixelConvTranspose3d`, an
@@ -19,9 +20,10 @@ throw most of that away when one simply wraps the model in ``torch.autocast``:
   output parity) followed by a pixel shuffle (identical in float32 up to summation order);
 * the affine head (``conv7_W``/``conv7_b``), the ``x 20`` flow scaling, the affine flow, the
   compositions and all warps in float32 (as under autocast in :class:`vtn.networks.Cascade`);
-* warps through :func:`fast_warp`, which caches the normalised identity grid.
+* warps through :func:`vtn.functional.warp` with the normalised identity grid computed once
+  (``Cascade(..., cached_grid=True)``).
 
-The output dict has the :class:`vtn.networks.Cascade` contract (float32 flows and warped images).
+The output dict is the :class:`vtn.networks.Cascade` one (float32 flows and warped images).
 With ``dtype=torch.float32`` the fast model equals the default model up to float32 rounding
 (tested in ``tests/test_perf.py``); with bfloat16 the difference is bounded in the same tests and
 measured at 128^3 in ``docs/performance.md``.
@@ -41,9 +43,8 @@ import torch.nn.functional as F
 from vtn import functional as vf
 from vtn import networks
 
-__all__ = ["SubpixelConvTranspose3d", "fast_warp", "fast_compose", "fast_model", "FastCascade",
-           "subpixel_convert_", "bf16_supported",
-           "damp_flow_heads_", "compare_fast", "base_grid"]
+__all__ = ["SubpixelConvTranspose3d", "fast_model", "subpixel_convert_", "bf16_supported",
+           "damp_flow_heads_", "compare_fast"]
 
 # output parity p (0 = even, 1 = odd) along an axis -> the two ConvTranspose3d kernel taps used by
 # the 2-tap window starting at input index j - 1 + p (see SubpixelConvTranspose3d).
@@ -120,83 +121,6 @@ def subpixel_convert_(module: nn.Module) -> nn.Module:
     return module
 
 
-_GRID_CACHE: dict = {}
-
-
-def _base_grid(shape, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cached normalised identity grid ``(1, D, H, W, 3)`` (W, H, D order) and scale ``(3,)``."""
-    key = (tuple(int(s) for s in shape), str(device), dtype)
-    hit = _GRID_CACHE.get(key)
-    if hit is None:
-        if len(_GRID_CACHE) > 16:
-            _GRID_CACHE.clear()
-        with torch.inference_mode(False):  # normal tensors: usable with and without autograd
-            hit = _make_base_grid(shape, device, dtype)
-        _GRID_CACHE[key] = hit
-    return hit
-
-
-def base_grid(shape, device=None, dtype=torch.float32):
-    """Normalised identity grid for ``grid_sample`` and its per-axis scale.
-
-    Returns:
-        ``(base (1, D, H, W, 3), scale (3,))``, last dim ordered (W, H, D):
-        ``base = 2 x / (L - 1) - 1``, ``scale = 2 / (L - 1)`` per axis.
-    """
-    with torch.inference_mode(False):  # normal tensors even when built under inference_mode
-        return _make_base_grid(tuple(int(s) for s in shape), device, dtype)
-
-
-def _make_base_grid(shape, device, dtype):
-    """Normalised identity grid ``(1, D, H, W, 3)`` (W, H, D order) and scale, in float64 first."""
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], dtype=torch.float64)
-    ident = vf.identity_grid(shape, dtype=torch.float64)  # (3, D, H, W)
-    base = (ident * scale.view(3, 1, 1, 1) - 1.0).permute(1, 2, 3, 0).flip(-1)
-    return (base.unsqueeze(0).contiguous().to(device=device, dtype=dtype),
-            scale.flip(0).to(device=device, dtype=dtype))
-
-
-def fast_warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear",
-              grid: tuple | None = None) -> torch.Tensor:
-    """:func:`vtn.functional.warp` with a cached identity grid (same convention and result).
-
-    ``out(x) = image(x + flow(x))``, trilinear (or nearest), border clamp. The normalised grid is
-    computed as ``base + flow * scale`` (instead of ``(x + flow) * scale - 1``): identical up to
-    float rounding (a few 1e-7 of the normalised coordinate).
-
-    Args:
-        image: ``(B, C, D, H, W)`` float image or flow.
-        flow: ``(B, 3, D, H, W)`` displacement in voxels on the same grid.
-        mode: ``"bilinear"`` or ``"nearest"``.
-        grid: optional precomputed ``(base, scale)`` of :func:`base_grid` for this shape (used
-            by :class:`FastCascade`, whose buffers keep ``torch.compile`` free of the global
-            cache); default: the module cache.
-
-    Returns:
-        ``(B, C, D, H, W)`` in ``image``'s dtype.
-    """
-    if flow.dim() != 5 or flow.shape[1] != 3:
-        raise ValueError(f"flow must have shape (B, 3, D, H, W), got {tuple(flow.shape)}")
-    if image.dim() != 5 or tuple(image.shape[2:]) != tuple(flow.shape[2:]) \
-            or image.shape[0] != flow.shape[0]:
-        raise ValueError(f"image {tuple(image.shape)} and flow {tuple(flow.shape)} must share "
-                         "batch and spatial size")
-    if not image.is_floating_point():
-        raise ValueError("fast_warp needs a floating-point image (use vtn.functional.warp_labels)")
-    if grid is None:
-        base, scale = _base_grid(flow.shape[2:], flow.device, image.dtype)
-    else:
-        base, scale = (t.to(image.dtype) for t in grid)
-    f = flow.to(image.dtype).permute(0, 2, 3, 4, 1).flip(-1)
-    grid = torch.addcmul(base, f, scale)
-    return F.grid_sample(image, grid, mode=mode, padding_mode="border", align_corners=True)
-
-
-def fast_compose(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
-    """:func:`vtn.functional.compose` (``g2 + warp(g1, g2)``) with :func:`fast_warp`."""
-    return g2 + fast_warp(g1, g2)
-
-
 class _FastDense(nn.Module):
     """A :class:`vtn.networks.DenseSubnet` run in ``dtype``/``memory_format``, flow out in fp32."""
 
@@ -213,8 +137,7 @@ class _FastDense(nn.Module):
         n = self.net
         x = torch.cat([fixed, moving], dim=1).to(self.dtype).contiguous(
             memory_format=self.memory_format)
-        flow = n.raw_flow(x).float() * (20.0 * n.flow_multiplier)
-        return flow.contiguous()
+        return n.scale_flow(n.raw_flow(x).float()).contiguous()
 
 
 class _FastAffine(nn.Module):
@@ -234,76 +157,6 @@ class _FastAffine(nn.Module):
         x = n.encoder(x)[-1].float().contiguous()
         B = x.shape[0]
         return n.conv7_W(x).reshape(B, 3, 3), n.conv7_b(x).reshape(B, 3)
-
-
-class FastCascade(nn.Module):
-    """Fast-path copy of a :class:`vtn.networks.Cascade` (build with :func:`fast_model`).
-
-    Same ``forward(fixed, moving) -> dict`` contract as :class:`vtn.networks.Cascade`
-    (``flows``, ``agg``, ``warped``, ``affine``, ``flow``, ``fixed``, ``moving``; flows in
-    float32 voxels). Inputs ``(B, 1, D, H, W)`` float32.
-    """
-
-    def __init__(self, model: networks.Cascade, dtype=torch.bfloat16, channels_last: bool = True,
-                 subpixel: bool = True, warp_fn=fast_warp):
-        """``warp_fn(image, flow, grid=(base, scale))`` is the warp (default :func:`fast_warp`)."""
-        super().__init__()
-        if not isinstance(model, networks.Cascade):
-            raise ValueError(f"fast_model supports VTN cascades only, got {type(model).__name__}")
-        fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-        subs = []
-        for kind, net in zip(model.subnet_kinds, model.subnets):
-            subs.append(_FastAffine(net, dtype, fmt) if kind == "A"
-                        else _FastDense(net, dtype, fmt, subpixel))
-        self.subnets = nn.ModuleList(subs)
-        self.subnet_kinds = list(model.subnet_kinds)
-        self.image_shape = tuple(model.image_shape)
-        self.affine_compose = model.affine_compose
-        self.spec = model.spec
-        self._config = dict(model.config)
-        self.fast_options = {"dtype": str(dtype).replace("torch.", ""),
-                             "channels_last": bool(channels_last), "subpixel": bool(subpixel)}
-        base, scale = base_grid(self.image_shape)
-        self.register_buffer("grid_base", base, persistent=False)
-        self.register_buffer("grid_scale", scale, persistent=False)
-        self._warp = warp_fn
-
-    @property
-    def config(self) -> dict:
-        """The original model's config (rebuilds the float32 model with ``build_model``)."""
-        return dict(self._config)
-
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict:
-        networks._check_pair(fixed, moving, self.image_shape)
-        fixed, moving = fixed.float(), moving.float()
-        grid = (self.grid_base, self.grid_scale)
-
-        def warp(img, flow):
-            return self._warp(img, flow, grid=grid)
-
-        flows, agg, warped = [], [], []
-        affine = None
-        for k, (kind, net) in enumerate(zip(self.subnet_kinds, self.subnets)):
-            current = moving if k == 0 else warped[-1]
-            pred = net(fixed, current)
-            if kind == "A":
-                W, b = pred
-                affine = (W, b)
-                f = vf.affine_flow(W, b, fixed.shape[2:])
-                a = f
-            else:
-                f = pred
-                if k == 0:
-                    a = f
-                elif k == 1 and affine is not None and self.affine_compose == "analytic":
-                    a = f + torch.einsum("bij,bjdhw->bidhw", affine[0], f) + agg[0]
-                else:
-                    a = f + warp(agg[-1], f)
-            flows.append(f)
-            agg.append(a)
-            warped.append(warp(moving, a))
-        return {"flows": flows, "agg": agg, "warped": warped, "affine": affine,
-                "flow": agg[-1], "fixed": fixed, "moving": moving}
 
 
 def bf16_supported() -> bool:
@@ -330,7 +183,9 @@ def fast_model(model: nn.Module, dtype=torch.bfloat16, channels_last: bool = Tru
             compiles (minutes on 2 CPU cores), run it under ``torch.inference_mode()``.
 
     Returns:
-        a :class:`FastCascade` on ``model``'s device (or its compiled wrapper), in eval mode.
+        a :class:`vtn.networks.Cascade` with the fast subnets and a cached sampling grid
+        (``cached_grid=True``), on ``model``'s device (or its compiled wrapper), in the
+        training mode of ``model``; its ``config`` is ``model``'s.
 
     Raises:
         ValueError: ``model`` is not a VTN cascade (VoxelMorph-2 has no fast path) or bad dtype.
@@ -338,7 +193,18 @@ def fast_model(model: nn.Module, dtype=torch.bfloat16, channels_last: bool = Tru
     if dtype not in (torch.bfloat16, torch.float32, torch.float16):
         raise ValueError(f"dtype must be torch.bfloat16, torch.float16 or torch.float32, "
                          f"got {dtype!r}")
-    fm = FastCascade(model, dtype=dtype, channels_last=channels_last, subpixel=subpixel)
+    if not isinstance(model, networks.Cascade):
+        raise ValueError(f"fast_model supports VTN cascades only, got {type(model).__name__}")
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    subnets = [_FastAffine(net, dtype, fmt) if kind == "A"
+               else _FastDense(net, dtype, fmt, subpixel)
+               for kind, net in zip(model.subnet_kinds, model.subnets)]
+    options = model.config
+    del options["type"]
+    fm = networks.Cascade(options.pop("spec"), options.pop("image_size"), **options,
+                          subnets=subnets, cached_grid=True)
+    fm.fast_options = {"dtype": str(dtype).replace("torch.", ""),
+                       "channels_last": bool(channels_last), "subpixel": bool(subpixel)}
     fm.to(next(model.parameters()).device)  # the grid buffers follow the model's device
     fm.train(model.training)
     if compile:
@@ -358,8 +224,7 @@ def damp_flow_heads_(model: nn.Module, factor: float) -> nn.Module:
     """
     for m in model.modules():
         if isinstance(m, networks.DenseSubnet):
-            with torch.no_grad():
-                m.pred0.weight.mul_(float(factor))
+            m.damp_flow_head_(factor)
     return model
 
 
