@@ -29,7 +29,7 @@ from pathlib import Path
 from vtn import stats
 from vtn.io import InputError, atomic_write
 from vtn.report import paper
-from vtn.report.tables import load_metrics, load_spec
+from vtn.report.tables import DIGITS, fmt, load_metrics, load_spec
 
 __all__ = ["ALPHA", "SPEED_RATIO", "verdict", "find_method", "study_claims", "write_claims",
            "cli"]
@@ -115,10 +115,8 @@ class _Study:
 
 
 def _fmt(v, metric):
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    digits = {"iou": 4, "lm_dist_vox": 2, "folding_pct": 3, "jac_std": 3}.get(metric, 3)
-    return f"{v:.{digits}f}"
+    """A metric value in the claims table (the number format of :func:`vtn.report.tables.fmt`)."""
+    return fmt(v, digits=DIGITS.get(metric, 3), missing="-")
 
 
 def _compare(st: _Study, claim, a, b, metric, table, need_names=None):

@@ -223,14 +223,10 @@ def training_curves(models_dir, names, out_png) -> list:
     return list(logs)
 
 
-def _fmt(v, d):
-    return "N/A" if v is None or not np.isfinite(v) else f"{v:.{d}f}"
-
-
 def make_figures(spec, metrics_dir, reg_root, subjects_csv, out_dir, models_dir=None,
                  prealigned_csv=None, liver_label="5", axis=2) -> dict:
     """Write the study's figures; returns ``{"written": [paths], "notes": [...]}``."""
-    from vtn.report.tables import load_metrics
+    from vtn.report.tables import fmt, load_metrics
 
     organ = spec["organ"]
     t = spec.get("tables", {})
@@ -300,7 +296,7 @@ def make_figures(spec, metrics_dir, reg_root, subjects_csv, out_dir, models_dir=
                 lm = float(row["lm_dist_vox"].iloc[0]) if len(row) else float("nan")
                 io = float(row["iou"].iloc[0]) if len(row) else float("nan")
                 label = (entry.get("display") or n) + ("★" if entry.get("star") else "")
-                cols.append((label, pan, _fmt(lm, 2), _fmt(io, 4)))
+                cols.append((label, pan, fmt(lm, digits=2), fmt(io, digits=4)))
             if not cols:
                 notes.append(f"{stem}: no method output for pair {f}/{m} - not drawn")
                 continue

@@ -134,11 +134,13 @@ def time_summary(df, extra=None) -> dict:
     return res
 
 
-def _fmt(mean, std=None, digits=4) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "N/A"
+def fmt(mean, std=None, digits=4, missing="N/A") -> str:
+    """The number format of every table, claim and figure label: ``mean`` with ``digits``
+    decimals, then `` (std)`` when ``std`` is given and finite; ``missing`` for None/NaN/Inf."""
+    if mean is None or not np.isfinite(mean):
+        return missing
     s = f"{mean:.{digits}f}"
-    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+    if std is not None and np.isfinite(std):
         s += f" ({std:.{digits}f})"
     return s
 
@@ -171,7 +173,7 @@ def _paper_row(spec, table, name):
 def _metric_cols(row: dict, df, metric: str, digits: int | None = None) -> tuple:
     m, s, n = summarise(df[metric]) if metric in df.columns else (float("nan"),) * 2 + (0,)
     row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_n"] = m, s, n
-    return _fmt(m, s, DIGITS.get(metric, 4) if digits is None else digits)
+    return fmt(m, s, DIGITS.get(metric, 4) if digits is None else digits)
 
 
 # ------------------------------------------------------------------------------------ tables
@@ -256,8 +258,8 @@ def methods_table(spec, metrics, extra=None, names=None, table="methods"):
         ref = _paper_row(spec, table, name)
         row["paper_iou"] = ref["iou"] if ref else float("nan")
         row["paper_lm"] = ref["lm"] if ref else float("nan")
-        d["Paper IoU"] = _fmt(row["paper_iou"], None, 4) if ref else "-"
-        d["Paper Lm."] = _fmt(row["paper_lm"], None, 2) if ref else "-"
+        d["Paper IoU"] = fmt(row["paper_iou"], None, 4) if ref else "-"
+        d["Paper Lm."] = fmt(row["paper_lm"], None, 2) if ref else "-"
         num.append(row)
         disp.append(d)
     return pd.DataFrame(num), pd.DataFrame(disp)
@@ -278,8 +280,8 @@ def smoothness_table(spec, metrics, names=None):
              "Std. Jacobian": _metric_cols(row, df, "jac_std"),
              "Folding (%)": _metric_cols(row, df, "folding_pct")}
         ref = _paper_row(spec, "smoothness", name)
-        d["Paper Std. Jacobian"] = _fmt(*ref["jac_std"], 3) if ref else "-"
-        d["Paper Folding (%)"] = _fmt(*ref["folding"], 3) if ref else "-"
+        d["Paper Std. Jacobian"] = fmt(*ref["jac_std"], 3) if ref else "-"
+        d["Paper Folding (%)"] = fmt(*ref["folding"], 3) if ref else "-"
         num.append(row)
         disp.append(d)
     return pd.DataFrame(num), pd.DataFrame(disp)
@@ -383,7 +385,7 @@ def pvalue_table(spec, metrics, extra_rows=()):
     disp = pd.DataFrame({
         "A": [_display(spec, a) for a in num["a"]], "B": [_display(spec, b) for b in num["b"]],
         "Metric": [METRIC_NAMES.get(m, m) for m in num["metric"]], "n": num["n"],
-        "Median diff. (A-B)": [_fmt(v, None, 4) for v in num["median_diff"]],
+        "Median diff. (A-B)": [fmt(v, None, 4) for v in num["median_diff"]],
         "p (Wilcoxon)": [_fmt_p(p) for p in num["p"]],
         "Note": num["note"].fillna("")})
     return num, disp
