@@ -8,6 +8,7 @@ import pytest
 
 from vtn import evaluate as ev
 from vtn.io import InputError, save_disp_l2r, save_landmarks, save_volume
+from vtn.labels import organ_mask
 
 S = 12
 
@@ -83,11 +84,14 @@ def test_liver_identity_disp_known_values(tmp_path):
 def test_binary_liver_mask_used_as_is():
     seg = np.zeros((4, 4, 4))
     seg[:2] = 1
-    assert ev.liver_mask(seg, "5").sum() == 32
+    assert organ_mask(seg, "liver", "5").sum() == 32
     seg[:2] = 5
     seg[2] = 3
-    assert ev.liver_mask(seg, "5").sum() == 32
-    assert ev.liver_mask(seg, "any").sum() == 48
+    assert organ_mask(seg, "liver", "5").sum() == 32
+    assert organ_mask(seg, "liver", "any").sum() == 48
+    assert organ_mask(seg, "brain").sum() == 48
+    with pytest.raises(ValueError, match="'nonzero' is now 'any'"):
+        organ_mask(seg, "liver", "nonzero")
 
 
 def test_brain_mean_over_labels(tmp_path):

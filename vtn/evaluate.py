@@ -7,8 +7,8 @@ and writes one row per test pair:
 ``study, method, fixed, moving, iou, dice, n_labels, lm_dist_vox, lm_dist_mm, n_landmarks,
 jac_std, folding_pct, epe, seconds, device, threads, data_source``
 
-* ``iou``/``dice``: liver = binary mask ``seg == liver_label`` (a binary 0/1 segmentation is used
-  as it is; ``--liver-label any`` takes every label >= 1); brain = unweighted mean over the
+* ``iou``/``dice``: liver = binary mask ``seg == liver_label`` (:func:`vtn.labels.organ_mask`:
+  a binary 0/1 segmentation is used as it is; ``--liver-label any`` takes every label >= 1); brain = unweighted mean over the
   LPBA40 labels present in the fixed segmentation (all labels >= 1 when none of the fixed
   labels is an LPBA40 id).
 * ``lm_dist_vox``: mean distance between the fixed landmarks transported into the moving image
@@ -35,29 +35,15 @@ import numpy as np
 from vtn import metrics
 from vtn.io import (InputError, atomic_write, load_disp_l2r, load_landmarks, load_volume,
                     read_pairs, read_subjects)
+from vtn.labels import organ_mask
 
-__all__ = ["COLUMNS", "LABEL_COLUMNS", "liver_mask", "evaluate_pair", "evaluate", "cli"]
+__all__ = ["COLUMNS", "LABEL_COLUMNS", "evaluate_pair", "evaluate", "cli"]
 
 COLUMNS = ["study", "method", "fixed", "moving", "iou", "dice", "n_labels", "lm_dist_vox",
            "lm_dist_mm", "n_landmarks", "jac_std", "folding_pct", "epe", "seconds", "device",
            "threads", "data_source"]
 LABEL_COLUMNS = ["study", "method", "fixed", "moving", "label", "iou", "dice", "fixed_voxels",
                  "warped_voxels"]
-
-
-def liver_mask(seg: np.ndarray, liver_label="5") -> np.ndarray:
-    """Binary liver mask of a label map.
-
-    Args:
-        seg: integer label map.
-        liver_label: label id (int or digit string; default 5 = TotalSegmentator "liver") or
-            ``"any"`` (every label >= 1, for user datasets with a single organ label). A map
-            whose labels are only 0/1 is a liver mask already and is used as it is.
-    """
-    s = np.rint(np.asarray(seg)).astype(np.int64)
-    if str(liver_label).lower() == "any" or s.max(initial=0) <= 1:
-        return s >= 1
-    return s == int(liver_label)
 
 
 def _require(path: Path, what: str) -> Path:
@@ -128,7 +114,7 @@ def evaluate_pair(fixed: dict, moving: dict, reg: Path, *, organ: str = "liver",
         fixed, moving: subject rows from :func:`vtn.io.read_subjects`.
         reg: the method's output folder.
         organ: ``"liver"`` (binary liver IoU) or ``"brain"`` (mean over LPBA40 labels).
-        liver_label: see :func:`liver_mask`.
+        liver_label: see :func:`vtn.labels.organ_mask`.
         gt: folder with ground-truth ``disp_<f>_<m>.nii.gz`` (or ``None``).
         correction: 4x4 matrix whose linear part maps landmark difference vectors (pre-aligned
             methods: the fixed subject's ``atlas_to_prep``), or ``None``.
@@ -161,7 +147,7 @@ def evaluate_pair(fixed: dict, moving: dict, reg: Path, *, organ: str = "liver",
             row.update(iou=res["iou"], dice=res["dice"], n_labels=res["n_labels"])
             labels_long = res["table"].to_dict("records")
         else:
-            fm, wm = liver_mask(fseg, liver_label), liver_mask(wseg, liver_label)
+            fm, wm = (organ_mask(s, "liver", liver_label) for s in (fseg, wseg))
             row.update(iou=metrics.iou(fm, wm), dice=metrics.dice(fm, wm), n_labels=1)
             labels_long = [{"label": "liver", "iou": row["iou"], "dice": row["dice"],
                             "fixed_voxels": int(fm.sum()), "warped_voxels": int(wm.sum())}]

@@ -6,7 +6,7 @@ absent). Files that nibabel cannot read (MetaImage, HDF5) are converted into the
 ``--out``. Layouts:
 
 * ``lits`` — LiTS: ``volume-N.nii[.gz]`` with ``segmentation-N.nii[.gz]`` anywhere under ``P``;
-  subject ``litsN``. Labels: 0 background, 1 liver, 2 tumour (use ``--liver-label nonzero``).
+  subject ``litsN``. Labels: 0 background, 1 liver, 2 tumour (use ``--liver-label any``).
 * ``sliver07`` — SLIVER07 / MICCAI'07: ``liver-origNNN.mhd`` with ``liver-segNNN.mhd``
   (optional: the test set has none) anywhere under ``P``; subject ``sliverNNN``. MetaImage is
   converted to NIfTI with SimpleITK (``<sid>_image.nii.gz``, ``<sid>_seg.nii.gz``), which keeps

@@ -6,8 +6,9 @@ Pipeline per subject (``preprocess_subject``):
 1. read the raw image (any orientation) and reorient it to the closest canonical (RAS+) voxel
    order with :mod:`nibabel.orientations` — a pure permutation/flip of the array, recorded as the
    4x4 ``canonical_to_raw`` voxel mapping;
-2. find the organ: liver -> the liver label of the segmentation (value ``--liver-label``, or
-   ``nonzero`` for LiTS/SLIVER/reference-HDF5 masks where liver = 1, tumour = 2, or 255), or,
+2. find the organ: liver -> the liver label of the segmentation (:func:`vtn.labels.organ_mask`:
+   value ``--liver-label``, or ``any`` for LiTS/SLIVER/reference-HDF5 masks where liver = 1,
+   tumour = 2, or 255), or,
    when the subject has no segmentation, the reference code's threshold-based liver finder
    (:func:`auto_liver_mask`, a faithful port of ``auto_liver_mask`` in ``demo.py``); brain ->
    ``labels > 0`` when a label map exists, otherwise an Otsu foreground (SimpleITK) keeping the
@@ -52,6 +53,7 @@ import numpy as np
 
 from vtn.io import (InputError, atomic_write, atomic_write_json, load_raw_landmarks, load_volume, read_subjects,
                     save_landmarks, save_volume)
+from vtn.labels import check_liver_label, describe_mask, organ_mask
 
 __all__ = [
     "LIVER_WINDOWS",
@@ -328,16 +330,7 @@ def _check_inside(path, names, vox, shape, what):
 # --------------------------------------------------------------------------------------------
 
 def _organ_mask(seg, organ, liver_label, seg_path):
-    if organ == "liver":
-        if liver_label == "nonzero":
-            mask = seg > 0
-            what = "liver (label > 0)"
-        else:
-            mask = seg == int(liver_label)
-            what = f"liver label {int(liver_label)}"
-    else:
-        mask = seg > 0
-        what = "brain labels (> 0)"
+    mask, what = organ_mask(seg, organ, liver_label), describe_mask(organ, liver_label)
     if not mask.any():
         raise InputError(f"{seg_path}: segmentation is empty: {what} absent")
     return mask, what
@@ -393,7 +386,7 @@ def preprocess_subject(image, organ, size, seg=None, landmarks=None, liver_label
         size: output edge length ``S``.
         seg: optional raw label map path (same grid as the image).
         landmarks: optional raw landmark CSV (``name,x,y,z`` RAS mm).
-        liver_label: liver label value (str of int) or ``"nonzero"``.
+        liver_label: liver label value (str of int) or ``"any"`` (:mod:`vtn.labels`).
         median_radius: disk radius (voxels) of the threshold liver finder (no-mask case).
         seg_output: ``"full"`` keeps the whole label map, ``"organ"`` writes 0/1 organ masks.
         outside_crop: a landmark inside the raw image but outside the organ crop box (e.g. a
@@ -406,11 +399,7 @@ def preprocess_subject(image, organ, size, seg=None, landmarks=None, liver_label
     """
     if organ not in ("liver", "brain"):
         raise ValueError(f"organ must be liver or brain, got {organ!r}")
-    if liver_label != "nonzero":
-        try:
-            int(liver_label)
-        except ValueError:
-            raise ValueError(f"liver_label must be an integer or 'nonzero', got {liver_label!r}") from None
+    liver_label = check_liver_label(liver_label)
     import nibabel.orientations as nio
 
     img, aff, segarr = load_raw_subject(image, seg)
@@ -620,7 +609,7 @@ def cli(argv=None) -> int:
                    help="random subset of at most N pairs (0 or absent: all pairs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair subset")
     p.add_argument("--liver-label", default="5",
-                   help="liver label value (TotalSegmentator: 5) or 'nonzero' (LiTS/SLIVER/HDF5 masks)")
+                   help="liver label value (TotalSegmentator: 5) or 'any' (LiTS/SLIVER/HDF5 masks)")
     p.add_argument("--seg-output", choices=["full", "organ"], default="full",
                    help="full label map (default) or a 0/1 organ mask")
     p.add_argument("--median-radius", type=int, default=35,

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from vtn.io import InputError, load_landmarks, load_volume, read_subjects
+from vtn.labels import organ_mask
 
 __all__ = ["save_figure", "median_pair", "method_panels", "method_figure", "training_curves", "make_figures",
            "cli"]
@@ -74,13 +75,7 @@ def median_pair(df, metric: str = "iou"):
 
 
 def _mask(seg, organ, liver_label):
-    if seg is None:
-        return None
-    if organ == "liver":
-        from vtn.evaluate import liver_mask
-
-        return liver_mask(seg, liver_label)
-    return np.rint(seg) >= 1
+    return None if seg is None else organ_mask(seg, organ, liver_label)
 
 
 def _resample_back(vol, a2p, order):

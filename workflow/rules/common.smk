@@ -288,8 +288,7 @@ def evaluate_extra(wc):
     if method_is_star(wc.study, wc.method):
         args.append(f"--prealigned --orig-subjects {prep_csv(test)}")
     if DATASETS[test]["organ"] == "liver":
-        label = liver_label(test)
-        args.append(f"--liver-label {'any' if label == 'nonzero' else label}")
+        args.append(f"--liver-label {liver_label(test)}")
     return " ".join(args)
 
 
@@ -298,7 +297,7 @@ def liver_label(dataset):
     d = DATASETS[dataset]
     if "label" in d:
         return str(d["label"])
-    return "5" if d["source"] == "embedded" else "nonzero"
+    return "5" if d["source"] == "embedded" else "any"
 
 
 def star_test_subjects(study):
