@@ -366,7 +366,9 @@ def test_read_fcsv_lps(tmp_path):
 
 def test_cli_figure_and_missing_resources(liver_raw, tmp_path, capsys):
     res, raw = liver_raw
-    png = synth.figure_subjects(raw, tmp_path / "fig.png", n=2)
+    from vtn.report.figures import figure_subjects
+
+    png = figure_subjects(raw, tmp_path / "fig.png", n=2)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rc = synth.cli_make_embedded(["--organ", "liver", "--resources", str(tmp_path / "none"),
                                   "--n", "1", "--seed", "0", "--out", str(tmp_path / "r")])

@@ -11,8 +11,8 @@ import sys
 
 COMMANDS = {
     "fetch": ("vtn.data.resources", "download and verify the pinned registry packages"),
-    "make-embedded": ("vtn.data.synth", "generate an embedded (real-anatomy) dataset"),
-    "ground-truth": ("vtn.data.synth", "ground-truth displacements of embedded test pairs"),
+    "make-embedded": ("vtn.data.synth.generator", "generate an embedded (real-anatomy) dataset"),
+    "ground-truth": ("vtn.data.synth.ground_truth", "ground-truth displacements of embedded test pairs"),
     "import": ("vtn.data.adapters", "list a user dataset (LiTS, SLIVER07, LPBA40, ...) as a table"),
     "preprocess": ("vtn.data.preprocess", "crop, resample, normalise, histogram-match"),
     "prealign": ("vtn.data.prealign", "ANTs affine pre-alignment to the atlas (brain star variants)"),

@@ -23,6 +23,8 @@ Written (headless, matplotlib Agg):
   skewed grid, and the warped moving image.
 * ``training_curves.png``: ``total`` and each loss term against the step, one panel per model
   (``<models>/<model>/train_log.csv``).
+
+:func:`figure_subjects` draws the figure of an embedded dataset (``vtn make-embedded --figure``).
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vtn.io import InputError, load_landmarks, load_volume, read_subjects
+from vtn.io import InputError, load_landmarks, load_raw_landmarks, load_volume, read_subjects
 from vtn.labels import organ_mask
 
 __all__ = ["save_figure", "median_pair", "method_panels", "method_figure", "training_curves", "make_figures",
-           "cli"]
+           "figure_subjects", "cli"]
 
 
 def _plt():
@@ -216,6 +218,71 @@ def training_curves(models_dir, names, out_png) -> list:
         axes[j // ncol, j % ncol].axis("off")
     save_figure(fig, out_png)
     return list(logs)
+
+
+def figure_subjects(raw_dir, out_png, n: int = 4) -> Path:
+    """Figure of the first ``n`` generated subjects: three orthogonal sections each.
+
+    Sections pass through the mean of the subject's landmarks; label boundaries are drawn in
+    colour (liver, label 5, in red for the liver dataset) and landmarks within 2 voxels of a
+    section are marked. Images are shown in the closest canonical (RAS) orientation.
+    """
+    import nibabel as nib
+
+    from vtn.data.synth.anatomy import LIVER_LABEL
+    from vtn.data.synth.transforms import apply_affine
+
+    plt = _plt()
+
+    raw_dir = Path(raw_dir)
+    rows = read_subjects(raw_dir / "subjects.csv")[:n]
+    meta_path = raw_dir / "dataset.json"
+    organ = json.loads(meta_path.read_text()).get("organ", "") if meta_path.exists() else ""
+    fig, axes = plt.subplots(len(rows), 3, figsize=(11, 3.6 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        img = nib.as_closest_canonical(nib.load(str(row["image"])))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        seg = (np.asarray(nib.as_closest_canonical(nib.load(str(row["seg"]))).dataobj)
+               if row["seg"] else np.zeros(data.shape, np.uint8))
+        if row["landmarks"]:
+            names, pts = load_raw_landmarks(row["landmarks"])
+            vox = apply_affine(np.linalg.inv(img.affine), pts)
+        else:
+            vox = np.zeros((0, 3))
+        centre = (np.clip(np.rint(vox.mean(0)), 0, np.asarray(data.shape) - 1).astype(int)
+                  if len(vox) else np.asarray(data.shape) // 2)
+        if organ == "liver":
+            vmin, vmax = -200.0, 300.0
+        else:
+            vmin, vmax = np.percentile(data, [0.5, 99.5])
+        zooms = img.header.get_zooms()[:3]
+        for c, (axis, title) in enumerate([(0, "sagittal"), (1, "coronal"), (2, "axial")]):
+            ax = axes[r, c]
+            sl = [slice(None)] * 3
+            sl[axis] = centre[axis]
+            im2, lab2 = data[tuple(sl)].T, seg[tuple(sl)].T
+            other = [a for a in range(3) if a != axis]
+            aspect = zooms[other[1]] / zooms[other[0]]
+            ax.imshow(im2, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", aspect=aspect)
+            edge = np.zeros(lab2.shape, bool)
+            edge[1:, :] |= lab2[1:, :] != lab2[:-1, :]
+            edge[:, 1:] |= lab2[:, 1:] != lab2[:, :-1]
+            ax.imshow(np.ma.masked_where(~edge | (lab2 == 0), lab2 % 20), cmap="tab20",
+                      vmin=0, vmax=19, origin="lower", aspect=aspect, interpolation="nearest")
+            if organ == "liver" and (lab2 == LIVER_LABEL).any():
+                ax.contour((lab2 == LIVER_LABEL).astype(float), levels=[0.5], colors="red",
+                           linewidths=1.2)
+            near = np.abs(vox[:, axis] - centre[axis]) <= 2.0 if len(vox) else np.zeros(0, bool)
+            if near.any():
+                ax.plot(vox[near, other[0]], vox[near, other[1]], "x", color="yellow", ms=6, mew=1.5)
+            ax.set_title(f"{row['subject']} {title}" + (
+                "\nembedded dataset (not the paper's data)" if c == 1 else ""), fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"embedded {organ} dataset (not the paper's data): generated subjects, label "
+                 "boundaries, landmarks (x); RAS display (patient right on the right, anterior "
+                 "and superior up)", fontsize=9)
+    return save_figure(fig, out_png)
 
 
 def make_figures(spec, metrics_dir, reg_root, subjects_csv, out_dir, models_dir=None,
