@@ -74,8 +74,8 @@ def test_learning_rate_schedule_exact():
 
 def test_config_validation(tmp_path):
     cfg = T.load_config({"cascade": "ADDD", "lr": 1})
-    assert cfg["lr"] == 1.0 and isinstance(cfg["lr"], float)
-    assert cfg["batch"] == 8 and cfg["epochs"] == 5 and cfg["iterations"] == 20000
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.batch == 8 and cfg.epochs == 5 and cfg.iterations == 20000
     with pytest.raises(InputError, match="'lerning_rate'"):
         T.load_config({"lerning_rate": 1e-4})
     with pytest.raises(InputError, match="'batch' must be int"):
@@ -85,7 +85,7 @@ def test_config_validation(tmp_path):
     with pytest.raises(InputError, match="'type'"):
         T.load_config({"type": "unet"})
     with pytest.warns(UserWarning, match="without augmentation"):
-        assert T.load_config({"supervised": True})["augment"] is False
+        assert T.load_config({"supervised": True}).augment is False
     with pytest.raises(InputError, match="loss_weights"):
         T.load_config({"cascade": "AD", "loss_weights": [{"sim": 1.0}]})
     path = tmp_path / "model.yaml"
@@ -93,7 +93,7 @@ def test_config_validation(tmp_path):
     with pytest.raises(InputError, match=r"model\.yaml.*'batchsize'"):
         T.load_config(path)
     path.write_text("type: vtn\ncascade: AD\nlr: 1e-4\n")
-    assert T.load_config(path)["lr"] == 1e-4  # YAML reads 1e-4 as a string
+    assert T.load_config(path).lr == 1e-4  # YAML reads 1e-4 as a string
 
 
 def test_pair_schedule_covers_all_ordered_pairs():

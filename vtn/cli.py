@@ -16,7 +16,7 @@ COMMANDS = {
     "import": ("vtn.data.adapters", "list a user dataset (LiTS, SLIVER07, LPBA40, ...) as a table"),
     "preprocess": ("vtn.data.preprocess", "crop, resample, normalise, histogram-match"),
     "prealign": ("vtn.data.prealign", "ANTs affine pre-alignment to the atlas (brain star variants)"),
-    "train": ("vtn.train", "train a VTN cascade or VoxelMorph-2"),
+    "train": ("vtn.train.loop", "train a VTN cascade or VoxelMorph-2"),
     "register": ("vtn.register", "register pairs with a trained checkpoint"),
     "baseline": ("vtn.baselines.run", "register pairs with ANTs or Elastix"),
     "evaluate": ("vtn.evaluate", "per-pair metrics of one method"),

@@ -1,4 +1,5 @@
-"""Host -> device copies that do not synchronise the host with the GPU.
+"""The compute device: :func:`resolve_device` (``--device auto|cpu|cuda|cuda:N``) and host ->
+device copies that do not synchronise the host with the GPU (:func:`to_device`).
 
 ``tensor.to("cuda")`` from ordinary (pageable) host memory waits for the copy, and with it for
 all GPU work queued before it, so a training step that copies its pair indices or its random
@@ -11,7 +12,19 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["to_device"]
+__all__ = ["resolve_device", "to_device"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; a CUDA device without CUDA is an InputError."""
+    from vtn.io import InputError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available")
+    return dev
 
 
 def to_device(tensor: torch.Tensor, device, dtype: torch.dtype | None = None) -> torch.Tensor:

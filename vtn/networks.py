@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vtn import functional as vf
+from vtn.modelspec import SPEC_PATTERN, VOXELMORPH2_DEC_NF, VOXELMORPH2_ENC_NF
 
 __all__ = [
     "MAX_LEVELS",
@@ -63,7 +64,7 @@ MAX_LEVELS = 6
 FLOW_SCALE = 20.0
 """Factor on the output of a dense subnet's ``pred0`` (reference code: ``pred0 * 20``)."""
 
-_SPEC_RE = re.compile(r"^(A?D+|A)$")
+_SPEC_RE = re.compile(SPEC_PATTERN)
 
 
 def check_spec(spec) -> str:
@@ -544,8 +545,8 @@ class VoxelMorph2(nn.Module):
         tf_same_padding: TF-SAME padding for the stride-2 convs.
     """
 
-    def __init__(self, image_size, enc_nf: Sequence[int] = (16, 32, 32, 32),
-                 dec_nf: Sequence[int] = (32, 32, 32, 32, 32, 16, 16),
+    def __init__(self, image_size, enc_nf: Sequence[int] = VOXELMORPH2_ENC_NF,
+                 dec_nf: Sequence[int] = VOXELMORPH2_DEC_NF,
                  tf_same_padding: bool = False):
         super().__init__()
         shape = _as_shape(image_size)

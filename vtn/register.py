@@ -26,7 +26,7 @@ import torch
 from vtn.contract import write_pair, write_times
 from vtn.io import (InputError, atomic_write_json, load_volume, read_pairs, read_subjects,
                     save_itk_warp)
-from vtn.train import resolve_device
+from vtn.device import resolve_device
 
 __all__ = ["load_model", "register_pairs", "cli"]
 

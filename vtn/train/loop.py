@@ -1,0 +1,431 @@
+"""Training of VTN cascades and VoxelMorph-2 (``vtn train``).
+
+Recipe (paper Sec. V-A, reference-facts §5): Adam (beta 0.9/0.999, eps 1e-8), batches of image
+pairs drawn from all ordered pairs ``(i, j), i != j`` of the training subjects (one shuffled list
+per pass), learning rate ``lr`` halving every epoch after the ``lr_halve_after``-th
+(:func:`learning_rate`), random B-spline augmentation of the moving image (:mod:`vtn.augment`),
+the VTN loss of :mod:`vtn.losses` (``+inv`` variants: the model also runs on the swapped pair and
+the invertibility term compares both flows).
+
+Reproducibility: every random choice is a pure function of ``(seed, step)`` -- the pair order of
+pass ``p`` is ``numpy.random.default_rng([seed, 1, p]).permutation``, the augmentation of step
+``s`` uses a CPU :class:`torch.Generator` seeded from ``(seed, 2, s)`` (:mod:`vtn.train.data`) --
+and the weights are initialised after ``torch.manual_seed(seed)``. A run resumed from a periodic
+checkpoint (model, Adam state, step, RNG states; :mod:`vtn.train.checkpoint`) therefore ends with
+bitwise the same weights as an unbroken run on the same device and thread count (on CUDA only up
+to the non-determinism of some backward kernels, e.g. ``grid_sample``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vtn.device import resolve_device, to_device
+from vtn.io import InputError, atomic_write
+from vtn.train.checkpoint import (latest_checkpoint, load_checkpoint, make_checkpoint,
+                                  periodic_path, prune, save_checkpoint, set_rng_state)
+from vtn.train.config import RESUME_FREE, TrainConfig, load_config
+from vtn.train.data import PairSchedule, augment_generator, load_subjects, load_targets
+
+__all__ = ["NonFiniteLossError", "learning_rate", "build_from_config", "CsvLog", "train", "cli"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/Inf; the message names the step, the terms and the last checkpoint."""
+
+
+def learning_rate(epoch: int, base_lr: float, halve_after: int) -> float:
+    """Learning rate of epoch index ``epoch`` (0-based).
+
+    Constant ``base_lr`` for ``epoch < halve_after``, then halving every epoch:
+    ``base_lr * 0.5 ** (epoch - halve_after + 1)`` (paper: "halves every epoch after the 4th",
+    ``halve_after = 4``: epochs 0-3 at 1e-4, epoch 4 at 5e-5, epoch 5 at 2.5e-5).
+    """
+    if epoch < halve_after:
+        return float(base_lr)
+    return float(base_lr) * 0.5 ** (epoch - halve_after + 1)
+
+
+def build_from_config(cfg: TrainConfig):
+    """Model and loss of a training config.
+
+    Returns:
+        ``(model, loss_module)``; the model is built with the current torch RNG state.
+    """
+    from vtn import losses, networks
+
+    try:
+        if cfg.type == "vtn":
+            model = networks.build_cascade(cfg.cascade, cfg.image_size, **cfg.network_options())
+        else:
+            model = networks.build_model({"type": "voxelmorph2", "image_size": cfg.image_size,
+                                          **cfg.network_options()})
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"config: cannot build the network: {exc}") from exc
+    if cfg.type != "vtn":
+        return model, losses.VoxelMorphLoss(reg_weight=float(cfg.reg_weight))
+    try:
+        loss = losses.VTNLoss(cfg.cascade, weights=cfg.loss_weights,
+                              inv_weight=float(cfg.inv_weight))
+    except ValueError as exc:
+        raise InputError(f"config: bad loss settings: {exc}") from exc
+    return model, loss
+
+
+# ----------------------------------------------------------------------------------------------
+# log
+# ----------------------------------------------------------------------------------------------
+
+
+class CsvLog:
+    """Per-step CSV log ``step,epoch,lr,seconds,total,<terms...>``, flushed at every row."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.columns = None
+        rows = []
+        if resume_step > 0 and self.path.exists():
+            with open(self.path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                self.columns = reader.fieldnames
+                rows = [r for r in reader if r.get("step", "").isdigit()
+                        and int(r["step"]) <= resume_step]
+        self.fh = open(self.path, "w", newline="")
+        self.writer = None
+        if self.columns:
+            self.writer = csv.DictWriter(self.fh, fieldnames=self.columns)
+            self.writer.writeheader()
+            self.writer.writerows(rows)
+            self.fh.flush()
+
+    def write(self, row: dict) -> None:
+        if self.writer is None:
+            self.columns = list(row)
+            self.writer = csv.DictWriter(self.fh, fieldnames=self.columns)
+            self.writer.writeheader()
+        self.writer.writerow({k: row.get(k, "") for k in self.columns})
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _tensorboard(log_path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: optional
+        return None
+    return SummaryWriter(str(log_path.parent / (log_path.stem + "_tensorboard")))
+
+
+def _tensorboard(log_path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: optional
+        return None
+    return SummaryWriter(str(log_path.parent / (log_path.stem + "_tensorboard")))
+
+
+def _progress_bar(stop: int, step: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=stop, initial=step, file=sys.stderr, disable=not sys.stderr.isatty(),
+                desc="vtn train", dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _StepLoss:
+    """The loss of a completed step, still on the device (``values``: ``[total, *terms]``)."""
+
+    step: int
+    epoch: int
+    lr: float
+    seconds: float
+    names: list
+    values: torch.Tensor
+
+
+@dataclass
+class _Run:
+    """A training run: its config, data, model, optimiser and progress."""
+
+    cfg: TrainConfig
+    dev: torch.device
+    fast: bool
+    ids: list
+    images: torch.Tensor
+    targets: torch.Tensor | None
+    schedule: PairSchedule
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    opt: torch.optim.Optimizer
+    forward: object
+    criterion: object
+    ckpt_dir: Path
+    step: int = 0
+    elapsed: float = 0.0
+    last_ckpt: Path | None = None
+    pending: list = field(default_factory=list)
+
+    def checkpoint(self, finished: bool) -> dict:
+        return make_checkpoint(self.model, self.opt, self.cfg, self.ids, self.step, self.elapsed,
+                               finished)
+
+
+def _start(cfg: TrainConfig, subject_csvs, dev, targets, target_pairs, ckpt_dir: Path) -> _Run:
+    """Load the data, seed every generator, build model, loss and optimiser."""
+    fast = (cfg.fast if cfg.fast is not None else True) and dev.type == "cuda"
+    if isinstance(subject_csvs, (str, Path)):
+        subject_csvs = [subject_csvs]
+    ids, images = load_subjects(subject_csvs, cfg.image_size)
+    target_flows = None
+    if cfg.supervised:
+        pairs, target_flows = load_targets(ids, targets, target_pairs, cfg.image_size)
+        schedule = PairSchedule(None, cfg.seed, pairs=pairs)
+    else:
+        schedule = PairSchedule(len(ids), cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model, loss_fn = build_from_config(cfg)
+    model.to(dev)
+    if fast:
+        model.to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    # the compiled module shares the parameters; checkpoints are taken from ``model``. The loss
+    # is compiled too, so that its element-wise terms (CC, TV, invertibility) fuse into few kernels.
+    forward = torch.compile(model) if cfg.compile else model
+    criterion = torch.compile(loss_fn) if cfg.compile else loss_fn
+    return _Run(cfg, dev, fast, ids, images, target_flows, schedule, model, loss_fn, opt,
+                forward, criterion, ckpt_dir)
+
+
+def _resume(run: _Run) -> None:
+    """Continue from the latest periodic checkpoint of ``run.ckpt_dir``, if there is one."""
+    latest = latest_checkpoint(run.ckpt_dir)
+    run.last_ckpt = latest
+    if latest is None:
+        return
+    ckpt = load_checkpoint(latest)
+    old = {k: v for k, v in ckpt["train_config"].items() if k not in RESUME_FREE}
+    new = {k: v for k, v in run.cfg.as_dict().items() if k not in RESUME_FREE}
+    if old != new or ckpt["subjects"] != run.ids:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise InputError(f"{latest}: checkpoint of a different run (config keys {diff} or "
+                         "the subject list differ); remove it or use another --ckpt-dir")
+    run.model.load_state_dict(ckpt["model_state"])
+    run.opt.load_state_dict(ckpt["optimizer_state"])
+    run.step, run.elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
+    set_rng_state(ckpt["rng"])
+    print(f"vtn train: resuming from {latest} (step {run.step})", file=sys.stderr)
+
+
+def _batch(run: _Run):
+    """``(fixed, moving, target or None)`` of the current step, on the device."""
+    cfg, dev = run.cfg, run.dev
+    fi, mi, numbers = run.schedule(run.step * cfg.batch, cfg.batch)
+    index = torch.tensor([fi, mi, numbers], dtype=torch.long)
+    if run.images.device.type == dev.type:  # data already on the device: index it there
+        index = to_device(index, dev)
+    fixed = to_device(run.images[index[0]], dev)
+    moving = to_device(run.images[index[1]], dev)
+    target = to_device(run.targets[index[2]], dev) if run.targets is not None else None
+    if cfg.augment:
+        from vtn.augment import augment_moving
+
+        moving = augment_moving(moving, generator=augment_generator(cfg.seed, run.step))["moving"]
+    if run.fast:
+        fixed = fixed.contiguous(memory_format=torch.channels_last_3d)
+        moving = moving.contiguous(memory_format=torch.channels_last_3d)
+    return fixed, moving, target
+
+
+def _step(run: _Run, autocast) -> None:
+    """One optimisation step; its loss is queued in ``run.pending`` (no host synchronisation)."""
+    cfg = run.cfg
+    t0 = time.perf_counter()
+    epoch = run.step // cfg.iterations
+    lr = learning_rate(epoch, cfg.lr, cfg.lr_halve_after)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    fixed, moving, target = _batch(run)
+    with autocast:
+        out_fw = run.forward(fixed, moving)
+        out_rev = run.forward(moving, fixed) if cfg.inv_weight > 0 else None
+        if cfg.type == "vtn":
+            loss, terms = run.criterion(out_fw, fixed, out_reverse=out_rev, target=target)
+        else:
+            loss, terms = run.criterion(out_fw, fixed)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt.step()
+    run.step += 1
+    run.elapsed += time.perf_counter() - t0
+    names = list(terms)
+    run.pending.append(_StepLoss(run.step, epoch, lr, run.elapsed, names,
+                                 torch.stack([loss.detach().float()]
+                                             + [terms[n].float() for n in names])))
+
+
+def _flush(run: _Run, stop: int, csv_log: CsvLog, tb, bar) -> None:
+    """Read the queued losses on the host (the only synchronisation of the loop), stop on a
+    non-finite one, and write their log rows."""
+    if not run.pending:
+        return
+    t_wait = time.perf_counter()
+    values = torch.stack([p.values for p in run.pending]).cpu().tolist()
+    run.elapsed += time.perf_counter() - t_wait  # the GPU work still queued when we asked
+    block = list(run.pending)
+    run.pending.clear()
+    for k, (p, vals) in enumerate(zip(block, values)):
+        if not all(math.isfinite(v) for v in vals):
+            bad = {n: v for n, v in zip(p.names, vals[1:]) if not math.isfinite(v)}
+            raise NonFiniteLossError(
+                f"step {p.step}: the loss is not finite (total={vals[0]}; non-finite "
+                f"terms: {bad or 'none -- the weighted sum overflowed'}); training stopped. "
+                f"Last good checkpoint: {run.last_ckpt or 'none written yet'}")
+        if p.step % run.cfg.log_every == 0 or p.step == stop:
+            row = {"step": p.step, "epoch": p.epoch, "lr": p.lr,
+                   "seconds": round(run.elapsed if k == len(block) - 1 else p.seconds, 4),
+                   "total": vals[0]}
+            row.update(zip(p.names, vals[1:]))
+            csv_log.write(row)
+            if tb is not None:
+                for key, v in row.items():
+                    if key not in ("step", "epoch"):
+                        tb.add_scalar(key, v, p.step)
+    if bar is not None:
+        bar.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{block[-1].lr:.2e}")
+
+
+def _save_periodic(run: _Run) -> None:
+    """Write the periodic checkpoint of ``run.step`` (after checking the parameters) and prune."""
+    bad = [n for n, p in run.model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteLossError(
+            f"step {run.step}: the loss was finite but parameters became NaN/Inf "
+            f"({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}); training "
+            f"stopped. Last good checkpoint: {run.last_ckpt or 'none written yet'}")
+    run.last_ckpt = save_checkpoint(periodic_path(run.ckpt_dir, run.step),
+                                    run.checkpoint(finished=False))
+    prune(run.ckpt_dir, run.cfg.keep_checkpoints)
+
+
+def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
+          target_pairs=None, ckpt_dir=None, *, max_steps: int | None = None) -> Path:
+    """Train a model; resume automatically from the latest checkpoint in ``ckpt_dir``.
+
+    Args:
+        subject_csvs: preprocessed ``subjects.csv`` files (images float32 ``S^3``); training uses
+            the union of their subjects.
+        config: training config (YAML path, dict or :class:`TrainConfig`).
+        out: final checkpoint path.
+        log: CSV log path (``step,epoch,lr,seconds,total,<loss terms>``).
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        targets: folder of ``disp_<f>_<m>.nii.gz`` target fields (``supervised: true``).
+        target_pairs: CSV ``fixed,moving`` of the supervised pairs.
+        ckpt_dir: periodic checkpoints (default ``<out>.parent / "ckpt"``).
+        max_steps: stop after this many completed steps (a checkpoint is written there and its
+            path returned); a later call resumes. ``None``: train to the end.
+
+    Returns:
+        ``out`` once training is complete (else the periodic checkpoint written at ``max_steps``).
+
+    Raises:
+        InputError: bad config or input files.
+        NonFiniteLossError: the loss became NaN/Inf (the periodic checkpoints are kept).
+    """
+    cfg = load_config(config)
+    out, log = Path(out), Path(log)
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else out.parent / "ckpt"
+    run = _start(cfg, subject_csvs, resolve_device(device), targets, target_pairs, ckpt_dir)
+    _resume(run)
+    stop = cfg.total_steps if max_steps is None else min(int(max_steps), cfg.total_steps)
+    if run.dev.type == "cuda" and run.images.numel() * 4 < 8 * 2**30:
+        run.images = run.images.to(run.dev)
+        run.targets = run.targets.to(run.dev) if run.targets is not None else None
+
+    # The running log lives beside the checkpoints (a workflow manager deletes the declared
+    # outputs of a killed job, and the resumed run must continue the full history); it is
+    # copied to ``log`` whenever training returns.
+    run_log = ckpt_dir / "train_log.csv"
+    csv_log = CsvLog(run_log, run.step)
+    tb = _tensorboard(log)
+    bar = _progress_bar(stop, run.step)
+    run.model.train()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.fast
+                else contextlib.nullcontext())
+    # Losses are read on the host every ``sync_every`` steps and before every checkpoint, so no
+    # checkpoint is ever written after a non-finite loss.
+    sync_every = cfg.sync_every or (50 if run.dev.type == "cuda" else 1)
+    try:
+        while run.step < stop:
+            _step(run, autocast)
+            if bar is not None:
+                bar.update(1)
+            checkpoint_now = run.step % cfg.checkpoint_every == 0 or run.step == stop
+            if checkpoint_now or run.step % sync_every == 0:
+                _flush(run, stop, csv_log, tb, bar)
+            if checkpoint_now:
+                _save_periodic(run)
+    finally:
+        csv_log.close()
+        with atomic_write(log) as tmp_log:
+            shutil.copyfile(run_log, tmp_log)
+        if bar is not None:
+            bar.close()
+        if tb is not None:
+            tb.close()
+    if run.step < cfg.total_steps:
+        return run.last_ckpt if run.last_ckpt is not None else periodic_path(ckpt_dir, run.step)
+    save_checkpoint(out, run.checkpoint(finished=True))
+    return out
+
+
+def cli(argv=None) -> int:
+    """``vtn train --subjects CSV [CSV ...] --config model.yaml --out checkpoint.pt --log CSV``."""
+    ap = argparse.ArgumentParser(prog="vtn train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--subjects", nargs="+", required=True, help="preprocessed subjects.csv files")
+    ap.add_argument("--config", required=True, help="training config YAML")
+    ap.add_argument("--out", required=True, help="final checkpoint (.pt)")
+    ap.add_argument("--log", required=True, help="training log CSV")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--ckpt-dir", default=None, help="periodic checkpoints (default <out>/../ckpt)")
+    ap.add_argument("--targets", default=None, help="folder of disp_<f>_<m>.nii.gz (supervised)")
+    ap.add_argument("--target-pairs", default=None, help="fixed,moving CSV (supervised)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop after this many steps (checkpointed; rerun to resume)")
+    args = ap.parse_args(argv)
+    try:
+        path = train(args.subjects, args.config, args.out, args.log, device=args.device,
+                     targets=args.targets, target_pairs=args.target_pairs,
+                     ckpt_dir=args.ckpt_dir, max_steps=args.max_steps)
+    except (InputError, NonFiniteLossError) as exc:
+        print(f"vtn train: error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli())
