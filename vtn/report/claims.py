@@ -1,7 +1,9 @@
 """``vtn claims``: the paper's claims checked against our per-pair metrics.
 
 ``vtn claims --spec liver.json [--spec brain.json ...] --metrics-root results/metrics
---out results/claims.md`` (also writes ``claims.csv`` next to the Markdown file).
+--out results/claims.md`` (also writes ``claims.csv`` next to the Markdown file); instead of
+``--metrics-root``, ``--metrics CSV [CSV ...]`` once per spec, in the same order, names the
+metrics files of each study.
 
 Each claim is tested with a paired, one-sided Wilcoxon signed-rank test in the claimed direction
 (:func:`vtn.stats.wilcoxon`, pairs matched by ``(fixed, moving)``). Verdicts:
@@ -96,11 +98,11 @@ def _baseline(spec, tool):
 
 
 class _Study:
-    def __init__(self, spec, metrics_root):
+    def __init__(self, spec, metrics):
         self.spec = spec
         self.organ = spec["organ"]
         names = list(spec["methods"])
-        self.metrics, self.extra, _ = load_metrics(Path(metrics_root) / spec["study"], names)
+        self.metrics, self.extra, _ = load_metrics(metrics, names)
 
     def disp(self, name):
         return (self.spec["methods"].get(name, {}).get("display") or name) if name else "?"
@@ -186,9 +188,18 @@ def _speed(st: _Study, a, b, device: str, min_ratio):
     return row
 
 
+def _study_metrics(spec, metrics):
+    """The metrics of one study: ``metrics`` is a folder holding ``<study>/<method>.csv`` or
+    the study's list of metrics files."""
+    return Path(metrics) / spec["study"] if isinstance(metrics, (str, Path)) else metrics
+
+
 def study_claims(spec, metrics_root) -> list:
-    """Every applicable claim of the paper for one study; returns rows (dicts)."""
-    st = _Study(spec, metrics_root)
+    """Every applicable claim of the paper for one study; returns rows (dicts).
+
+    ``metrics_root``: a folder holding ``<study>/<method>.csv``, or the study's metrics files.
+    """
+    st = _Study(spec, _study_metrics(spec, metrics_root))
     organ = st.organ
     rows = []
     main = spec.get("main") if spec.get("main") in spec["methods"] else None
@@ -262,12 +273,20 @@ def study_claims(spec, metrics_root) -> list:
 
 def write_claims(specs, metrics_root, out) -> list:
     """Evaluate the claims of every study and write ``out`` (Markdown) and ``out`` with
-    suffix ``.csv``; returns all rows."""
+    suffix ``.csv``; returns all rows.
+
+    ``metrics_root``: a folder holding ``<study>/<method>.csv``, or one list of metrics files
+    per spec (same order).
+    """
     import pandas as pd
 
+    if not isinstance(metrics_root, (str, Path)) and len(metrics_root) != len(specs):
+        raise InputError(f"{len(specs)} specs but {len(metrics_root)} lists of metrics files "
+                         "(give --metrics once per --spec)")
     rows = []
-    for spec in specs:
-        rows += study_claims(spec, metrics_root)
+    for k, spec in enumerate(specs):
+        rows += study_claims(spec, metrics_root if isinstance(metrics_root, (str, Path))
+                             else metrics_root[k])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# Claims of the VTN paper checked on this run", ""]
@@ -304,8 +323,10 @@ def _parser():
     p = argparse.ArgumentParser(prog="vtn claims", description="the paper's claims table")
     p.add_argument("--spec", required=True, nargs="+", action="extend",
                    help="study.json (repeat or list several)")
-    p.add_argument("--metrics-root", required=True,
-                   help="folder holding <study>/<method>.csv")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--metrics-root", help="folder holding <study>/<method>.csv")
+    source.add_argument("--metrics", nargs="+", action="append",
+                        help="the metrics files of one study (once per --spec, same order)")
     p.add_argument("--out", required=True, help="claims Markdown file")
     return p
 
@@ -314,7 +335,7 @@ def cli(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         specs = [load_spec(s) for s in args.spec]
-        rows = write_claims(specs, args.metrics_root, args.out)
+        rows = write_claims(specs, args.metrics_root or args.metrics, args.out)
     except InputError as exc:
         print(f"vtn claims: {exc}", file=sys.stderr)
         return 1

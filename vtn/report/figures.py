@@ -1,6 +1,6 @@
 """``vtn figures``: the paper's Figures 6/7 (liver) and 8 (brain) plus training curves.
 
-``vtn figures --spec study.json --metrics DIR --reg-root results/registrations/<study>
+``vtn figures --spec study.json --metrics CSV [CSV ...] --reg-root results/registrations/<study>
 --subjects prep/subjects.csv [--prealigned-subjects prep_atlas/subjects.csv]
 --models results/models/<study> --out DIR [--liver-label 5] [--axis 2]``
 
@@ -409,7 +409,8 @@ def _figure1(spec, main, reg, f, m, fimg, mimg, out_dir, notes):
 def _parser():
     p = argparse.ArgumentParser(prog="vtn figures", description="the paper's figures")
     p.add_argument("--spec", required=True)
-    p.add_argument("--metrics", required=True, help="folder of <method>.csv")
+    p.add_argument("--metrics", required=True, nargs="+",
+                   help="<method>.csv files (or their folder)")
     p.add_argument("--reg-root", required=True, help="results/registrations/<study>")
     p.add_argument("--subjects", required=True, help="prep subjects.csv of the test set")
     p.add_argument("--prealigned-subjects", default=None,

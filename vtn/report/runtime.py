@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 
 
-def collect(benchmark_dir) -> pd.DataFrame:
-    """Read every ``<rule>/<wildcards...>.tsv`` under ``benchmark_dir``.
+def collect(benchmarks, root=None) -> pd.DataFrame:
+    """Read benchmark files ``<root>/<rule>/<wildcards...>.tsv``.
+
+    Args:
+        benchmarks: the files (the workflow lists its jobs' files), or a folder: every ``.tsv``
+            under it (``root`` is then that folder).
+        root: the benchmark folder the files lie in (default: their common folder).
 
     Returns:
         One row per job: ``rule, job, s, cpu_time, max_rss`` (seconds, seconds, MB).
     """
     rows = []
-    root = Path(benchmark_dir)
-    for tsv in sorted(root.rglob("*.tsv")):
+    if isinstance(benchmarks, (str, Path)) and Path(benchmarks).is_dir():
+        root = Path(benchmarks)
+        files = sorted(root.rglob("*.tsv"))
+    else:
+        files = sorted(Path(p) for p in ([benchmarks] if isinstance(benchmarks, (str, Path))
+                                         else benchmarks))
+        root = Path(root) if root is not None else Path(os.path.commonpath(files)).parent
+    for tsv in files:
         df = pd.read_csv(tsv, sep="\t")
         rel = tsv.relative_to(root)
         rule = rel.parts[0]
@@ -31,9 +43,10 @@ def collect(benchmark_dir) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rule", "job", "s", "cpu_time", "max_rss"])
 
 
-def write_summary(benchmark_dir, out) -> pd.DataFrame:
-    """Write a Markdown summary (per rule totals, then every job) to ``out``."""
-    df = collect(benchmark_dir)
+def write_summary(benchmarks, out, root=None) -> pd.DataFrame:
+    """Write a Markdown summary (per rule totals, then every job) to ``out``; ``benchmarks``,
+    ``root``: see :func:`collect`."""
+    df = collect(benchmarks, root)
     lines = ["# Runtime of this run", "",
              "From Snakemake's `benchmark:` files (wall seconds `s`, CPU seconds, peak RSS in MB).",
              ""]
@@ -52,13 +65,18 @@ def write_summary(benchmark_dir, out) -> pd.DataFrame:
 
 
 def cli(argv=None) -> int:
-    """``vtn runtime --benchmarks DIR --out FILE.md``."""
+    """``vtn runtime --benchmarks TSV [TSV ...] --root benchmarks --out FILE.md`` (or
+    ``--benchmarks DIR``)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="vtn runtime", description=__doc__)
-    ap.add_argument("--benchmarks", default="benchmarks", help="Snakemake benchmark folder")
+    ap.add_argument("--benchmarks", nargs="+", default=["benchmarks"],
+                    help="Snakemake benchmark files (or their folder)")
+    ap.add_argument("--root", default=None,
+                    help="the benchmark folder: <root>/<rule>/<job>.tsv (default: common folder)")
     ap.add_argument("--out", required=True, help="Markdown file to write")
     args = ap.parse_args(argv)
-    df = write_summary(args.benchmarks, args.out)
+    bench = args.benchmarks[0] if len(args.benchmarks) == 1 else args.benchmarks
+    df = write_summary(bench, args.out, args.root)
     print(f"{len(df)} jobs summarised into {args.out}")
     return 0

@@ -1,6 +1,7 @@
 """``vtn tables``: the paper's Tables I-IX from per-pair metrics (``vtn evaluate`` output).
 
-``vtn tables --spec study.json --metrics results/metrics/<study> --out results/tables/<study>``
+``vtn tables --spec study.json --metrics results/metrics/<study>/<method>.csv ... --out
+results/tables/<study>`` (``--metrics`` also takes the folder of those files)
 
 Liver studies give Tables I (loss weights), II (methods), III (smoothness), IV (data amount),
 V (cascades); brain studies VI, VII, VIII, IX (and ``I-brain`` when the spec has loss weights).
@@ -14,7 +15,7 @@ and for every cascade against the cascade with one dense subnetwork fewer go to
 ``pvalues.{csv,md,tex}`` and to the cascades table. The paper's values are shown next to ours
 for reference only. Methods without a metrics file are skipped with a note (``notes.txt``).
 
-A method's timings may be completed by extra files ``<method>@<tag>.csv`` in the metrics folder
+A method's timings may be completed by extra files ``<method>@<tag>.csv`` among the metrics files
 (e.g. ``ADDD@gpu.csv``, rows with ``device=cuda``): they only feed the time columns.
 """
 
@@ -73,8 +74,12 @@ def load_spec(path) -> dict:
     return spec
 
 
-def load_metrics(metrics_dir, names) -> tuple[dict, dict, list]:
+def load_metrics(metrics, names) -> tuple[dict, dict, list]:
     """Per-pair metric tables of the named methods.
+
+    Args:
+        metrics: the metrics files ``<name>.csv`` (and ``<name>@<tag>.csv``), or their folder.
+        names: the methods.
 
     Returns:
         ``(metrics {name: DataFrame}, extra timing rows {name: DataFrame}, notes)``; methods
@@ -82,10 +87,19 @@ def load_metrics(metrics_dir, names) -> tuple[dict, dict, list]:
     """
     import pandas as pd
 
-    metrics_dir = Path(metrics_dir)
+    if not isinstance(metrics, (str, Path)) and len(metrics) == 1:
+        metrics = metrics[0]
+    if isinstance(metrics, (str, Path)) and Path(metrics).is_dir():
+        folder = Path(metrics)
+        files = sorted(folder.glob("*.csv"))
+    else:
+        files = sorted(Path(p) for p in ([metrics] if isinstance(metrics, (str, Path))
+                                         else metrics))
+        folder = files[0].parent if files else Path(".")
+    by_stem = {p.name[:-len(".csv")]: p for p in files}
     out, extra, notes = {}, {}, []
     for name in dict.fromkeys(names):
-        path = metrics_dir / f"{name}.csv"
+        path = by_stem.get(name, folder / f"{name}.csv")
         if not path.exists():
             notes.append(f"{name}: no metrics file {path} (method not run) - skipped")
             continue
@@ -94,7 +108,7 @@ def load_metrics(metrics_dir, names) -> tuple[dict, dict, list]:
             raise InputError(f"{path}: metrics table needs columns fixed, moving")
         out[name] = df
         parts = [pd.read_csv(p, dtype={"fixed": str, "moving": str, "device": str})
-                 for p in sorted(metrics_dir.glob(f"{name}@*.csv"))]
+                 for stem, p in sorted(by_stem.items()) if stem.startswith(name + "@")]
         if parts:
             extra[name] = pd.concat(parts, ignore_index=True)
     return out, extra, notes
@@ -550,7 +564,8 @@ def make_tables(spec, metrics_dir, out_dir) -> dict:
 def _parser():
     p = argparse.ArgumentParser(prog="vtn tables", description="the paper's tables")
     p.add_argument("--spec", required=True, help="study.json")
-    p.add_argument("--metrics", required=True, help="folder of <method>.csv from vtn evaluate")
+    p.add_argument("--metrics", required=True, nargs="+",
+                   help="<method>.csv files from vtn evaluate (or their folder)")
     p.add_argument("--out", required=True, help="output folder")
     return p
 

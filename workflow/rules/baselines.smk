@@ -4,16 +4,16 @@
 
 rule baseline:
     input:
-        subjects=lambda wc: prep_csv(STUDIES[wc.study]["test"]),
-        pairs=lambda wc: pairs_csv(STUDIES[wc.study]["test"]),
+        subjects=lambda wc: prep_csv(test_set(wc.study)),
+        pairs=lambda wc: pairs_csv(test_set(wc.study)),
     output:
-        directory("results/registrations/{study}/{tool}"),
+        directory(reg_dir("{study}", "{tool}")),
     params:
-        preset=lambda wc: study_baselines(wc.study)[wc.tool],
+        preset=lambda wc: BASELINES[wc.study][wc.tool],
     log:
         "logs/baseline/{study}/{tool}.log",
     benchmark:
-        "benchmarks/baseline/{study}/{tool}.tsv"
+        benchmark("baseline", "{study}", "{tool}")
     threads: THREADS
     conda:
         "../envs/vtn.yaml"
@@ -28,18 +28,18 @@ rule supervision_targets:
     input:
         subjects=lambda wc: prep_csv(STUDIES[wc.study]["train"][0]),
         pairs=lambda wc: pairs_csv(STUDIES[wc.study]["train"][0]),
+    # a folder: the flows of the pairs listed in pairs.csv (known once preprocessing ran)
     output:
-        times="results/targets/{study}/times.csv",
+        directory(targets_dir("{study}")),
     params:
-        preset=lambda wc: study_baselines(wc.study).get("ants", "fast"),
-        out=lambda wc, output: str(Path(output.times).parent),
+        preset=lambda wc: BASELINES[wc.study].get("ants", "fast"),
     log:
         "logs/supervision_targets/{study}.log",
     benchmark:
-        "benchmarks/supervision_targets/{study}.tsv"
+        benchmark("supervision_targets", "{study}")
     threads: THREADS
     conda:
         "../envs/vtn.yaml"
     shell:
         "python -m vtn baseline --method ants --preset {params.preset} --subjects {input.subjects}"
-        " --pairs {input.pairs} --out {params.out} --threads {threads} > {log} 2>&1"
+        " --pairs {input.pairs} --out {output} --threads {threads} > {log} 2>&1"

@@ -1,82 +1,25 @@
-# Python helpers of the workflow (the only place with Python logic in the workflow).
+# Validation, paths and rule inputs. The study design (which models a study trains, their
+# training configs, the report's spec) is decided in vtn/study.py; this file only asks it.
 import json
 import re
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
+sys.path.insert(0, str(Path(workflow.basedir).resolve()))  # the repo's vtn, also without install
+sys.path.insert(0, str(Path(workflow.basedir).resolve().parent))
+from vtn import study as S  # noqa: E402  (no torch)
+
 
 validate(config, "../schemas/config.schema.yaml")
+S.check(config)
 
 DATASETS = config["datasets"]
 STUDIES = config["studies"]
-TRAIN = config["training"]
-VXM = config["voxelmorph"]
-SIZE = config["image_size"]
 THREADS = config["threads"]
 RES = config["resources"]
-BASELINE_TOOLS = ("ants", "elastix")
 USE_GPU = 0 if config["device"] == "cpu" else 1
-
-
-STAR = "\u2605"  # the paper's mark of ANTs-pre-aligned methods
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def _slug(text):
-    return re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-").lower()
-
-
-def study_models_names(study):
-    s = STUDIES[study]
-    return [s["main"]] + list(s.get("cascades") or []) + [f"{c}-star" for c in s.get("star_cascades") or []]
-
-
-def _check_config():
-    """Cross-key checks the JSON schema cannot express; each names the offending key."""
-    for study, s in STUDIES.items():
-        for key in ["test"] + [f"train[{i}]" for i in range(len(s["train"]))]:
-            name = s["test"] if key == "test" else s["train"][int(key[6:-1])]
-            if name not in DATASETS:
-                raise ConfigError(f"studies.{study}.{key}: unknown dataset {name!r}")
-            if DATASETS[name]["organ"] != s["organ"]:
-                raise ConfigError(
-                    f"studies.{study}.{key}: dataset {name!r} is {DATASETS[name]['organ']}, "
-                    f"the study is {s['organ']}"
-                )
-        for label, sets in (s.get("data_amount") or {}).items():
-            for name in sets:
-                if name not in DATASETS:
-                    raise ConfigError(f"studies.{study}.data_amount.{label}: unknown dataset {name!r}")
-        base = s.get("data_amount_model", s["main"])
-        if s.get("data_amount") and base not in study_models_names(study):
-            raise ConfigError(f"studies.{study}.data_amount_model: {base!r} is not a model of the study")
-        needs_atlas = s.get("star_cascades") or (s.get("voxelmorph") and s["organ"] == "brain")
-        if needs_atlas and "atlas" not in s:
-            raise ConfigError(f"studies.{study}.atlas: required for the star (ANTs pre-aligned) variants")
-        if "atlas" in s and s["atlas"]["dataset"] not in DATASETS:
-            raise ConfigError(f"studies.{study}.atlas.dataset: unknown dataset {s['atlas']['dataset']!r}")
-    for name, d in DATASETS.items():
-        if d["source"] == "embedded":
-            for key in ("n", "seed"):
-                if key not in d:
-                    raise ConfigError(f"datasets.{name}.{key}: required for embedded datasets")
-        elif "path" not in d:
-            raise ConfigError(f"datasets.{name}.path: required for source {d['source']!r}")
-        else:
-            for key in ("path", "landmarks"):
-                if key in d and not Path(d[key]).exists():
-                    raise ConfigError(
-                        f"datasets.{name}.{key}: {d[key]} does not exist "
-                        f"(dataset {name!r}, source {d['source']!r})"
-                    )
-
-
-_check_config()
-
 EMBEDDED = [n for n, d in DATASETS.items() if d["source"] == "embedded"]
 USER = [n for n, d in DATASETS.items() if d["source"] != "embedded"]
 
@@ -85,53 +28,9 @@ def _alt(names):
     return "|".join(re.escape(n) for n in sorted(names)) or "(?!x)x"
 
 
-# ---------------------------------------------------------------------------------------------
-# Models and methods of each study
-# ---------------------------------------------------------------------------------------------
-
-
-def study_models(study):
-    """name -> model description, in table order."""
-    s = STUDIES[study]
-    main = s["main"]
-    models = {}
-
-    def add(name, **kw):
-        d = dict(type="vtn", cascade=main, inv=False, supervised=False, star=False,
-                 train=list(s["train"]), display=f"VTN {name}")
-        d.update(kw)
-        models[name] = d
-
-    for spec in list(s.get("cascades") or []) + [main]:
-        add(spec, cascade=spec, display=f"VTN {spec}")
-    if s.get("inv"):
-        add(f"{main}-inv", inv=True, display=f"VTN {main} + inv")
-    if s.get("supervised"):
-        add("supervised", supervised=True, display="supervised")
-    for spec in s.get("star_cascades") or []:
-        add(f"{spec}-star", cascade=spec, star=True, display=f"VTN {spec}{STAR}")
-    if s.get("voxelmorph"):
-        star = s["organ"] == "brain"
-        add("voxelmorph-star" if star else "voxelmorph", type="voxelmorph2", cascade="D",
-            star=star, display="VoxelMorph-2" + (STAR if star else ""))
-    base = s.get("data_amount_model", main)
-    spec, star = base.replace("-star", ""), base.endswith("-star")
-    for label, sets in (s.get("data_amount") or {}).items():
-        add(f"{base}-data-{_slug(label)}", cascade=spec, star=star, train=list(sets),
-            data_label=label, display=f"VTN {spec}{STAR if star else ''} ({label})")
-    return models
-
-
-def study_baselines(study):
-    return dict(STUDIES[study].get("baselines") or {})
-
-
-def study_methods(study):
-    return list(study_models(study)) + list(study_baselines(study))
-
-
-ALL_MODELS = sorted({m for st in STUDIES for m in study_models(st)})
-ALL_METHODS = sorted({m for st in STUDIES for m in study_methods(st)})
+MODELS = {st: S.models(config, st) for st in STUDIES}
+BASELINES = {st: S.baselines(config, st) for st in STUDIES}
+METHODS = {st: S.methods(config, st) for st in STUDIES}
 
 
 wildcard_constraints:
@@ -139,17 +38,25 @@ wildcard_constraints:
     dataset=_alt(DATASETS),
     embedded=_alt(EMBEDDED),
     user=_alt(USER),
-    model=_alt(ALL_MODELS),
-    method=_alt(ALL_METHODS),
-    tool=_alt(BASELINE_TOOLS),
+    model=_alt({m for st in STUDIES for m in MODELS[st]}),
+    method=_alt({m for st in STUDIES for m in METHODS[st]}),
+    tool=_alt(S.BASELINE_TOOLS),
 
 
 def model_desc(wc):
-    return study_models(wc.study)[wc.model]
+    return MODELS[wc.study][wc.model]
+
+
+def is_star(study, method):
+    return method in MODELS[study] and MODELS[study][method]["star"]
+
+
+def test_set(study):
+    return STUDIES[study]["test"]
 
 
 # ---------------------------------------------------------------------------------------------
-# Paths
+# Paths (every rule names its files through these; wildcards pass through as "{study}" etc.)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -165,6 +72,10 @@ def pairs_csv(dataset):
     return f"results/data/{dataset}/pairs.csv"
 
 
+def gt_dir(dataset):
+    return f"results/data/{dataset}/gt"
+
+
 def prealigned_csv(study, dataset):
     return f"results/prealign/{study}/{dataset}/subjects.csv"
 
@@ -177,6 +88,54 @@ def resource_manifest(organ):
     return f"{RES}/{organ}.done"
 
 
+def models_root(study):
+    return f"results/models/{study}"
+
+
+def model_dir(study, model):
+    return f"{models_root(study)}/{model}"
+
+
+def model_file(study, model, name):
+    return f"{model_dir(study, model)}/{name}"
+
+
+def regs_root(study):
+    return f"results/registrations/{study}"
+
+
+def reg_dir(study, method):
+    return f"{regs_root(study)}/{method}"
+
+
+def metrics_csv(study, method):
+    return f"results/metrics/{study}/{method}.csv"
+
+
+def targets_dir(study):
+    return f"results/targets/{study}"
+
+
+def spec_json(study):
+    return f"results/specs/{study}.json"
+
+
+def tables_dir(study):
+    return f"results/tables/{study}"
+
+
+def figures_dir(study):
+    return f"results/figures/{study}"
+
+
+def data_figure(dataset):
+    return f"results/figures/data/{dataset}.png"
+
+
+def benchmark(rule, *keys):
+    return str(Path("benchmarks", rule, *keys)) + ".tsv"
+
+
 def organ_reference(dataset):
     """Histogram-matching reference: subject 0 of the first dataset (config order) of the organ."""
     organ = DATASETS[dataset]["organ"]
@@ -184,19 +143,13 @@ def organ_reference(dataset):
     return raw_csv(first)
 
 
-def max_pairs(dataset):
-    """Pairs written for a dataset: the test pairs of a study, or the supervised training pairs."""
-    for s in STUDIES.values():
-        if s["test"] == dataset and s.get("max_pairs"):
-            return s["max_pairs"]
-    for s in STUDIES.values():
-        if s.get("supervised") and s["train"][0] == dataset:
-            return s["supervised"]["pairs"]
-    return 0
+def star_test_subjects(study):
+    """The pre-aligned test subjects of a study with star variants ([] otherwise)."""
+    return [prealigned_csv(study, test_set(study))] if S.has_star(config, study) else []
 
 
-def is_test_dataset(dataset):
-    return any(s["test"] == dataset for s in STUDIES.values())
+def study_metrics(study):
+    return [metrics_csv(study, m) for m in METHODS[study]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,185 +159,92 @@ def is_test_dataset(dataset):
 
 def train_inputs(wc):
     m = model_desc(wc)
-    return [subjects_for(wc.study, d, m["star"]) for d in m["train"]]
-
-
-def supervised_inputs(wc):
-    m = model_desc(wc)
-    if not m["supervised"]:
-        return {}
-    first = STUDIES[wc.study]["train"][0]
-    return {"targets": f"results/targets/{wc.study}/times.csv", "pairs": pairs_csv(first)}
-
-
-def model_config(wc):
-    """The model YAML handed to `vtn train` (stored in the checkpoint)."""
-    m = model_desc(wc)
-    cfg = {
-        "type": m["type"],
-        "cascade": m["cascade"],
-        "image_size": SIZE,
-        "epochs": TRAIN["epochs"],
-        "iterations": TRAIN["iterations"],
-        "batch": TRAIN["batch"],
-        "lr": TRAIN["lr"],
-        "lr_halve_after": TRAIN["lr_halve_after"],
-        "seed": TRAIN["seed"],
-        # targets (ANTs flows) do not follow a random deformation of the moving image
-        "augment": TRAIN["augment"] and not m["supervised"],
-        "checkpoint_every": TRAIN["checkpoint_every"],
-        "inv_weight": TRAIN["inv_weight"] if m["inv"] else 0.0,
-        "supervised": m["supervised"],
-        "fast": TRAIN["fast"],
-    }
-    weights = (TRAIN.get("loss_weights") or {}).get(m["cascade"])
-    if weights and m["type"] == "vtn":
-        cfg["loss_weights"] = weights
-    if TRAIN["compile"]:
-        cfg["compile"] = True
-    if m["type"] == "vtn" and TRAIN["flow_init_scale"] != 1.0:
-        cfg["flow_init_scale"] = TRAIN["flow_init_scale"]
-    if m["type"] == "voxelmorph2":
-        cfg.update(batch=VXM["batch"], iterations=VXM["iterations"], epochs=1,
-                   reg_weight=VXM["reg_weight"], lr=VXM["lr"])
-    return cfg
+    inputs = {"config": model_file(wc.study, wc.model, "model.yaml"),
+              "subjects": [subjects_for(wc.study, d, m["star"]) for d in m["train"]]}
+    if m["supervised"]:
+        inputs["targets"] = targets_dir(wc.study)
+        inputs["pairs"] = pairs_csv(STUDIES[wc.study]["train"][0])
+    return inputs
 
 
 def register_inputs(wc):
     m = model_desc(wc)
-    test = STUDIES[wc.study]["test"]
+    test = test_set(wc.study)
     return {
-        "ckpt": f"results/models/{wc.study}/{wc.model}/checkpoint.pt",
+        "ckpt": model_file(wc.study, wc.model, "checkpoint.pt"),
         "subjects": subjects_for(wc.study, test, m["star"]),
         "pairs": pairs_csv(test),
     }
 
 
-def method_is_star(study, method):
-    models = study_models(study)
-    return method in models and models[method]["star"]
-
-
 def evaluate_inputs(wc):
-    test = STUDIES[wc.study]["test"]
-    star = method_is_star(wc.study, wc.method)
+    test = test_set(wc.study)
+    star = is_star(wc.study, wc.method)
     inputs = {
-        "reg": f"results/registrations/{wc.study}/{wc.method}",
+        "reg": reg_dir(wc.study, wc.method),
         "subjects": subjects_for(wc.study, test, star),
         "pairs": pairs_csv(test),
     }
     if DATASETS[test]["source"] == "embedded" and not star:
-        inputs["gt"] = f"results/data/{test}/gt"
+        inputs["gt"] = gt_dir(test)
     if star:
         inputs["orig"] = prep_csv(test)
     return inputs
 
 
-def evaluate_extra(wc):
-    test = STUDIES[wc.study]["test"]
+def evaluate_extra(wc, input):
+    test = test_set(wc.study)
     args = []
-    if "gt" in evaluate_inputs(wc):
-        args.append(f"--gt results/data/{test}/gt")
-    if method_is_star(wc.study, wc.method):
-        args.append(f"--prealigned --orig-subjects {prep_csv(test)}")
+    if "gt" in input.keys():
+        args.append(f"--gt {input.gt}")
+    if "orig" in input.keys():
+        args.append(f"--prealigned --orig-subjects {input.orig}")
     if DATASETS[test]["organ"] == "liver":
-        args.append(f"--liver-label {liver_label(test)}")
+        args.append(f"--liver-label {S.liver_label(config, test)}")
     return " ".join(args)
 
 
-def liver_label(dataset):
-    """Liver label value: config `label`, 5 in TotalSegmentator maps, any non-zero label otherwise."""
-    d = DATASETS[dataset]
-    if "label" in d:
-        return str(d["label"])
-    return "5" if d["source"] == "embedded" else "any"
+def liver_label_arg(dataset):
+    if DATASETS[dataset]["organ"] != "liver":
+        return ""
+    return f"--liver-label {S.liver_label(config, dataset)}"
 
 
-def star_test_subjects(study):
-    """The pre-aligned test subjects of a study with star variants ([] otherwise)."""
-    models = study_models(study)
-    if any(m["star"] for m in models.values()):
-        return [prealigned_csv(study, STUDIES[study]["test"])]
-    return []
+# ---------------------------------------------------------------------------------------------
+# Benchmarks: the runtime summary reads exactly the benchmark files of the jobs of this DAG
+# ---------------------------------------------------------------------------------------------
 
 
-def data_source(study):
-    s = STUDIES[study]
-    names = [s["test"]] + list(s["train"])
-    if all(DATASETS[n]["source"] == "embedded" for n in names):
-        return config["data_note"]
-    return "user datasets: " + ", ".join(f"{n} ({DATASETS[n]['source']})" for n in names)
+def _prep_datasets():
+    """Datasets whose preprocessed table some job reads."""
+    used = []
+    for st, s in STUDIES.items():
+        used.append(s["test"])
+        for m in MODELS[st].values():
+            used += m["train"]
+        if "atlas" in s:
+            used.append(s["atlas"]["dataset"])
+    return list(dict.fromkeys(used))
 
 
-def study_spec(study):
-    """The JSON description of a study read by `vtn tables/figures/claims`."""
-    s = STUDIES[study]
-    models = study_models(study)
-    main = s["main"]
-    methods = {}
-    for name, m in models.items():
-        methods[name] = {k: m[k] for k in ("display", "cascade", "inv", "star", "train", "type")}
-        methods[name]["kind"] = "vtn" if m["type"] == "vtn" else "voxelmorph"
-    display = {"ants": "ANTs", "elastix": "Elastix"}
-    for tool, preset in study_baselines(study).items():
-        methods[tool] = {"display": display[tool], "kind": "baseline", "preset": preset}
-    baselines = list(study_baselines(study))
-    vxm = [n for n in models if models[n]["type"] == "voxelmorph2"]
-    stars = [n for n in models if models[n]["star"] and models[n]["type"] == "vtn"]
-    plain = [n for n, m in models.items()
-             if m["type"] == "vtn" and not (m["inv"] or m["supervised"] or m["star"] or "data_label" in m)]
-    inv = [n for n in models if models[n]["inv"]]
-    sup = [n for n in models if models[n]["supervised"]]
-    cascades = stars + [n for n in plain if n in (s.get("cascades") or []) or n == main]
-    data_amount = [{"label": m["data_label"], "method": n} for n, m in models.items() if "data_label" in m]
-    if data_amount:
-        data_amount.append({"label": " + ".join(s["train"]), "method": s.get("data_amount_model", main)})
-    comparisons = []
-    for b in baselines:
-        for a in [main] + inv:
-            comparisons.append({"a": a, "b": b, "metrics": ["iou", "lm_dist_vox"]})
-    for a in inv:
-        comparisons.append({"a": a, "b": main, "metrics": ["iou", "lm_dist_vox", "folding_pct"]})
-    for a in vxm:
-        comparisons.append({"a": main, "b": a, "metrics": ["iou", "lm_dist_vox"]})
-    for a in stars:
-        if a.replace("-star", "") != main:
-            comparisons.append({"a": main, "b": a, "metrics": ["lm_dist_vox", "iou"]})
-    weights = (TRAIN.get("loss_weights") or {}).get(main)
-    notes = []
-    for name in vxm:
-        notes.append(
-            f"{models[name]['display']}: our PyTorch re-implementation of the CVPR 2018 recipe "
-            "(VoxelMorph-2 U-Net, encoder 16-32-32-32, decoder 32-32-32-32-32-16-16, "
-            f"local NCC 9^3 + {VXM['reg_weight']} x gradient-L2 loss, Adam lr {VXM['lr']}, "
-            f"batch {VXM['batch']}, {VXM['iterations']} iterations)"
-            + (", on ANTs-pre-aligned images" if models[name]["star"] else "")
-            + "."
-        )
-    for tool, preset in study_baselines(study).items():
-        if preset != "paper":
-            notes.append(
-                f"{display[tool]}: preset '{preset}' (fewer iterations than the paper's command)."
-            )
-    return {
-        "study": study,
-        "organ": s["organ"],
-        "data_source": data_source(study),
-        "image_size": SIZE,
-        "training": {"epochs": TRAIN["epochs"], "iterations": TRAIN["iterations"], "batch": TRAIN["batch"]},
-        "main": main,
-        "methods": methods,
-        "loss_weights": {main: weights} if weights else {main: None},
-        "tables": {
-            "methods": baselines + vxm + stars + [main] + inv + sup,
-            "smoothness": baselines + [main] + inv,
-            "data_amount": data_amount,
-            "cascades": cascades,
-        },
-        "comparisons": comparisons,
-        "method_notes": notes,
-        "prealign_subjects": (star_test_subjects(study) or [None])[0],
-    }
+def benchmark_files():
+    files = [benchmark("make_embedded", n) for n in EMBEDDED]
+    files += [benchmark("preprocess", d) for d in _prep_datasets()]
+    for st, s in STUDIES.items():
+        test = s["test"]
+        needs_gt = any(not is_star(st, m) for m in METHODS[st])
+        if DATASETS[test]["source"] == "embedded" and needs_gt:
+            files.append(benchmark("ground_truth", test))
+        prealigned = {d for m in MODELS[st].values() if m["star"] for d in m["train"] + [test]}
+        files += [benchmark("prealign", st, d) for d in sorted(prealigned)]
+        if any(m["supervised"] for m in MODELS[st].values()):
+            files.append(benchmark("supervision_targets", st))
+        files += [benchmark("train", st, m) for m in MODELS[st]]
+        files += [benchmark("register", st, m) for m in MODELS[st]]
+        files += [benchmark("baseline", st, t) for t in BASELINES[st]]
+        files += [benchmark("evaluate", st, m) for m in METHODS[st]]
+        files.append(benchmark("figures", st))
+    return list(dict.fromkeys(files))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,10 +255,8 @@ def study_spec(study):
 def final_outputs():
     out = []
     for study in STUDIES:
-        out += [f"results/metrics/{study}/{m}.csv" for m in study_methods(study)]
-        out += [f"results/tables/{study}", f"results/figures/{study}"]
-    for name in EMBEDDED:
-        out.append(f"results/figures/data/{name}.png")
+        out += study_metrics(study)
+        out += [tables_dir(study), figures_dir(study)]
+    out += [data_figure(name) for name in EMBEDDED]
     out += ["results/claims.md", "results/runtime.md"]
     return out
-

@@ -23,7 +23,7 @@ rule make_embedded:
     output:
         csv=raw_csv("{embedded}"),
         figure=report(
-            "results/figures/data/{embedded}.png",
+            data_figure("{embedded}"),
             caption="../report/embedded.rst",
             category="Data",
         ),
@@ -36,7 +36,7 @@ rule make_embedded:
     log:
         "logs/make_embedded/{embedded}.log",
     benchmark:
-        "benchmarks/make_embedded/{embedded}.tsv"
+        benchmark("make_embedded", "{embedded}")
     threads: 1
     conda:
         "../envs/vtn.yaml"

@@ -5,16 +5,16 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        metrics="results/metrics/{study}/{method}.csv",
-        labels="results/metrics/{study}/{method}.labels.csv",
+        metrics=metrics_csv("{study}", "{method}"),
+        labels=metrics_csv("{study}", "{method}.labels"),
     params:
         extra=evaluate_extra,
         organ=lambda wc: STUDIES[wc.study]["organ"],
-        source=lambda wc: data_source(wc.study),
+        source=lambda wc: S.data_source(config, wc.study),
     log:
         "logs/evaluate/{study}/{method}.log",
     benchmark:
-        "benchmarks/evaluate/{study}/{method}.tsv"
+        benchmark("evaluate", "{study}", "{method}")
     threads: 1
     conda:
         "../envs/vtn.yaml"
@@ -24,15 +24,3 @@ rule evaluate:
         " --data-source {params.source:q} --out {output.metrics} --labels-out {output.labels}"
         " {params.extra} > {log} 2>&1"
 
-
-rule study_spec:
-    output:
-        "results/specs/{study}.json",
-    params:
-        spec=lambda wc: json.dumps(study_spec(wc.study), indent=1, ensure_ascii=False),
-    log:
-        "logs/study_spec/{study}.log",
-    conda:
-        "../envs/vtn.yaml"
-    shell:
-        "printf '%s\\n' {params.spec:q} > {output} 2> {log}"

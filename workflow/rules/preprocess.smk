@@ -13,17 +13,13 @@ rule preprocess:
     params:
         organ=lambda wc: DATASETS[wc.dataset]["organ"],
         out=lambda wc, output: str(Path(output.subjects).parent),
-        max_pairs=lambda wc: max_pairs(wc.dataset),
-        size=SIZE,
-        label=lambda wc: (
-            f"--liver-label {liver_label(wc.dataset)}"
-            if DATASETS[wc.dataset]["organ"] == "liver"
-            else ""
-        ),
+        max_pairs=lambda wc: S.test_pairs(config, wc.dataset),
+        size=config["image_size"],
+        label=lambda wc: liver_label_arg(wc.dataset),
     log:
         "logs/preprocess/{dataset}.log",
     benchmark:
-        "benchmarks/preprocess/{dataset}.tsv"
+        benchmark("preprocess", "{dataset}")
     threads: 1
     conda:
         "../envs/vtn.yaml"
@@ -39,14 +35,14 @@ rule ground_truth:
         prep=lambda wc: prep_csv(wc.embedded),
         pairs=lambda wc: pairs_csv(wc.embedded),
     output:
-        directory("results/data/{embedded}/gt"),
+        directory(gt_dir("{embedded}")),
     params:
         raw=lambda wc, input: str(Path(input.raw).parent),
         prep=lambda wc, input: str(Path(input.prep).parent),
     log:
         "logs/ground_truth/{embedded}.log",
     benchmark:
-        "benchmarks/ground_truth/{embedded}.tsv"
+        benchmark("ground_truth", "{embedded}")
     threads: THREADS
     conda:
         "../envs/vtn.yaml"
@@ -62,16 +58,15 @@ rule prealign:
     output:
         prealigned_csv("{study}", "{dataset}"),
     params:
-        atlas=lambda wc: (
-            f"results/data/{STUDIES[wc.study]['atlas']['dataset']}/prep/"
-            f"{STUDIES[wc.study]['atlas']['subject']}_image.nii.gz"
+        atlas=lambda wc, input: (
+            f"{Path(input.atlas).parent}/{STUDIES[wc.study]['atlas']['subject']}_image.nii.gz"
         ),
         out=lambda wc, output: str(Path(output[0]).parent),
-        preset=lambda wc: STUDIES[wc.study].get("baselines", {}).get("ants", "fast"),
+        preset=lambda wc: BASELINES[wc.study].get("ants", "fast"),
     log:
         "logs/prealign/{study}/{dataset}.log",
     benchmark:
-        "benchmarks/prealign/{study}/{dataset}.tsv"
+        benchmark("prealign", "{study}", "{dataset}")
     threads: THREADS
     conda:
         "../envs/vtn.yaml"

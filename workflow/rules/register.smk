@@ -5,14 +5,14 @@ rule register_model:
     input:
         unpack(register_inputs),
     output:
-        directory("results/registrations/{study}/{model}"),
+        directory(reg_dir("{study}", "{model}")),
     params:
         device=config["device"],
         fast="--fast" if config["fast_inference"] else "",
     log:
         "logs/register/{study}/{model}.log",
     benchmark:
-        "benchmarks/register/{study}/{model}.tsv"
+        benchmark("register", "{study}", "{model}")
     threads: THREADS
     resources:
         gpu=USE_GPU,

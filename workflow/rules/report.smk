@@ -1,4 +1,5 @@
-# Report: the paper's tables and figures, the claims table, the runtime summary.
+# Report: the paper's tables and figures, the claims table, the runtime summary. Every input is
+# an exact file: the methods' metrics, the study spec, the benchmark files of this DAG's jobs.
 
 
 localrules:
@@ -10,86 +11,102 @@ localrules:
     runtime_summary,
 
 
+rule study_spec:
+    # the report's design decided by vtn.study.spec, written as it is
+    output:
+        spec_json("{study}"),
+    params:
+        spec=lambda wc: json.dumps(
+            S.spec(config, wc.study, (star_test_subjects(wc.study) or [None])[0]),
+            indent=1,
+            ensure_ascii=False,
+        ),
+    log:
+        "logs/study_spec/{study}.log",
+    conda:
+        "../envs/vtn.yaml"
+    shell:
+        "printf '%s\\n' {params.spec:q} > {output} 2> {log}"
+
+
 rule tables:
     input:
-        spec="results/specs/{study}.json",
-        metrics=lambda wc: [f"results/metrics/{wc.study}/{m}.csv" for m in study_methods(wc.study)],
+        spec=spec_json("{study}"),
+        metrics=lambda wc: study_metrics(wc.study),
         star_subjects=lambda wc: star_test_subjects(wc.study),
     output:
         report(
-            directory("results/tables/{study}"),
+            directory(tables_dir("{study}")),
             patterns=["{name}.md"],
             caption="../report/tables.rst",
             category="Tables",
             subcategory="{study}",
         ),
-    params:
-        metrics=lambda wc: f"results/metrics/{wc.study}",
-        out=lambda wc, output: output[0],
     log:
         "logs/tables/{study}.log",
     threads: 1
     conda:
         "../envs/vtn.yaml"
     shell:
-        "python -m vtn tables --spec {input.spec} --metrics {params.metrics} --out {params.out} > {log} 2>&1"
+        "python -m vtn tables --spec {input.spec} --metrics {input.metrics} --out {output} > {log} 2>&1"
 
 
 rule figures:
     input:
-        spec="results/specs/{study}.json",
-        metrics=lambda wc: [f"results/metrics/{wc.study}/{m}.csv" for m in study_methods(wc.study)],
-        regs=lambda wc: [f"results/registrations/{wc.study}/{m}" for m in study_methods(wc.study)],
-        subjects=lambda wc: prep_csv(STUDIES[wc.study]["test"]),
+        spec=spec_json("{study}"),
+        metrics=lambda wc: study_metrics(wc.study),
+        regs=lambda wc: [reg_dir(wc.study, m) for m in METHODS[wc.study]],
+        subjects=lambda wc: prep_csv(test_set(wc.study)),
         star_subjects=lambda wc: star_test_subjects(wc.study),
-        logs=lambda wc: [f"results/models/{wc.study}/{m}/train_log.csv" for m in study_models(wc.study)],
+        logs=lambda wc: [model_file(wc.study, m, "train_log.csv") for m in MODELS[wc.study]],
     output:
         report(
-            directory("results/figures/{study}"),
+            directory(figures_dir("{study}")),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
             subcategory="{study}",
         ),
     params:
-        metrics=lambda wc: f"results/metrics/{wc.study}",
-        regs=lambda wc: f"results/registrations/{wc.study}",
-        models=lambda wc: f"results/models/{wc.study}",
-        out=lambda wc, output: output[0],
+        regs=lambda wc: regs_root(wc.study),
+        models=lambda wc: models_root(wc.study),
         star=lambda wc, input: (
             f"--prealigned-subjects {input.star_subjects}" if input.star_subjects else ""
         ),
+        label=lambda wc: liver_label_arg(test_set(wc.study)),
     log:
         "logs/figures/{study}.log",
     benchmark:
-        "benchmarks/figures/{study}.tsv"
+        benchmark("figures", "{study}")
     threads: 1
     conda:
         "../envs/vtn.yaml"
     shell:
-        "python -m vtn figures --spec {input.spec} --metrics {params.metrics} --reg-root {params.regs}"
-        " --subjects {input.subjects} --models {params.models} --out {params.out} {params.star}"
-        " > {log} 2>&1"
+        "python -m vtn figures --spec {input.spec} --metrics {input.metrics} --reg-root {params.regs}"
+        " --subjects {input.subjects} --models {params.models} --out {output} {params.star}"
+        " {params.label} > {log} 2>&1"
 
 
 rule claims:
     input:
-        specs=[f"results/specs/{s}.json" for s in STUDIES],
-        metrics=[f"results/metrics/{s}/{m}.csv" for s in STUDIES for m in study_methods(s)],
+        specs=[spec_json(s) for s in STUDIES],
+        metrics=[f for s in STUDIES for f in study_metrics(s)],
     output:
         report("results/claims.md", caption="../report/claims.rst", category="Claims"),
+    params:
+        metrics=" ".join("--metrics " + " ".join(study_metrics(s)) for s in STUDIES),
     log:
         "logs/claims.log",
     threads: 1
     conda:
         "../envs/vtn.yaml"
     shell:
-        "python -m vtn claims --spec {input.specs} --metrics-root results/metrics --out {output} > {log} 2>&1"
+        "python -m vtn claims --spec {input.specs} {params.metrics} --out {output} > {log} 2>&1"
 
 
 rule runtime_summary:
     input:
-        [f"results/metrics/{s}/{m}.csv" for s in STUDIES for m in study_methods(s)],
+        benchmark_files(),
     output:
         report("results/runtime.md", caption="../report/runtime.rst", category="Runtime"),
     log:
@@ -98,4 +115,4 @@ rule runtime_summary:
     conda:
         "../envs/vtn.yaml"
     shell:
-        "python -m vtn runtime --benchmarks benchmarks --out {output} > {log} 2>&1"
+        "python -m vtn runtime --benchmarks {input} --root benchmarks --out {output} > {log} 2>&1"

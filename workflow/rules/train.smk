@@ -2,10 +2,11 @@
 
 
 rule model_config:
+    # the training config decided by vtn.study.model_config, written as it is
     output:
-        "results/models/{study}/{model}/model.yaml",
+        model_file("{study}", "{model}", "model.yaml"),
     params:
-        cfg=lambda wc: json.dumps(model_config(wc), sort_keys=True),
+        cfg=lambda wc: json.dumps(S.model_config(config, wc.study, wc.model), sort_keys=True),
     log:
         "logs/model_config/{study}/{model}.log",
     conda:
@@ -16,28 +17,27 @@ rule model_config:
 
 rule train:
     input:
-        unpack(lambda wc: {"config": f"results/models/{wc.study}/{wc.model}/model.yaml",
-                           "subjects": train_inputs(wc), **supervised_inputs(wc)}),
+        unpack(train_inputs),
     output:
-        ckpt="results/models/{study}/{model}/checkpoint.pt",
+        ckpt=model_file("{study}", "{model}", "checkpoint.pt"),
         log=report(
-            "results/models/{study}/{model}/train_log.csv",
+            model_file("{study}", "{model}", "train_log.csv"),
             caption="../report/train_log.rst",
             category="Training logs",
             labels={"study": "{study}", "model": "{model}"},
         ),
     params:
         targets=lambda wc, input: (
-            f"--targets {Path(input.targets).parent} --target-pairs {input.pairs}"
+            f"--targets {input.targets} --target-pairs {input.pairs}"
             if "targets" in input.keys()
             else ""
         ),
         device=config["device"],
-        ckpt_dir=lambda wc: f"results/models/{wc.study}/{wc.model}/ckpt",
+        ckpt_dir=lambda wc: model_file(wc.study, wc.model, "ckpt"),
     log:
         "logs/train/{study}/{model}.log",
     benchmark:
-        "benchmarks/train/{study}/{model}.tsv"
+        benchmark("train", "{study}", "{model}")
     threads: THREADS
     resources:
         gpu=USE_GPU,
