@@ -1,0 +1,156 @@
+"""vtn.study: the study design (models, training configs, report spec) as pure functions of the
+validated config, and vtn.train.config.TrainConfig as the one source of the training keys."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from vtn import study as S
+from vtn.modelspec import SPEC_PATTERN, VOXELMORPH2_DEC_NF, VOXELMORPH2_ENC_NF
+from vtn.train.config import TrainConfig, load_config, study_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def validated(name: str) -> dict:
+    """A config of config/ as Snakemake holds it: validated, schema defaults filled in."""
+    cfg = yaml.safe_load((ROOT / "config" / name).read_text())
+    validate(cfg, str(SCHEMA))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def default():
+    return validated("config.yaml")
+
+
+def test_models_of_the_default_study(default):
+    liver = S.models(default, "liver")
+    assert list(liver) == ["D", "DD", "DDD", "AD", "ADD", "ADDD", "ADDD-inv", "supervised",
+                           "voxelmorph", "ADDD-data-set-a", "ADDD-data-set-b"]
+    assert liver["ADDD-inv"]["inv"] and liver["ADDD-inv"]["cascade"] == "ADDD"
+    assert liver["voxelmorph"]["type"] == "voxelmorph2" and not liver["voxelmorph"]["star"]
+    assert liver["ADDD-data-set-a"]["train"] == ["liver_a"]
+    assert liver["ADDD-data-set-a"]["data_label"] == "set A"
+    brain = S.models(default, "brain")
+    assert list(brain) == ["AD", "ADD", "D-star", "DD-star"]
+    assert brain["DD-star"]["star"] and brain["DD-star"]["display"] == "VTN DD\u2605"
+    assert S.methods(default, "liver")[-2:] == ["ants", "elastix"]
+    assert S.methods(default, "brain") == ["AD", "ADD", "D-star", "DD-star", "elastix"]
+    assert S.has_star(default, "brain") and not S.has_star(default, "liver")
+
+
+def test_model_configs_are_valid_train_configs(default):
+    for name in ("config.yaml", "gpu.yaml", "paper.yaml"):
+        cfg = validated(name)
+        for st in cfg["studies"]:
+            for model in S.models(cfg, st):
+                mc = S.model_config(cfg, st, model)
+                tc = TrainConfig.from_dict(mc, f"{name}:{st}/{model}")  # no warning, no error
+                assert tc.augment == mc["augment"]
+    sup = S.model_config(default, "liver", "supervised")
+    assert sup["supervised"] and sup["augment"] is False  # decided by resolve_augment
+    assert S.model_config(default, "liver", "ADDD")["augment"] is True
+    assert S.model_config(default, "liver", "ADDD-inv")["inv_weight"] == 1e-3
+    assert S.model_config(default, "liver", "ADDD")["inv_weight"] == 0.0
+    vm = S.model_config(default, "liver", "voxelmorph")
+    assert (vm["type"], vm["epochs"], vm["iterations"], vm["batch"]) == ("voxelmorph2", 1, 400, 2)
+    assert "flow_init_scale" not in vm
+    assert S.model_config(default, "liver", "D")["flow_init_scale"] == 0.05
+
+
+def test_spec_of_the_default_study(default):
+    spec = S.spec(default, "liver")
+    assert spec["tables"]["methods"] == ["ants", "elastix", "voxelmorph", "ADDD", "ADDD-inv",
+                                         "supervised"]
+    assert spec["tables"]["cascades"] == ["D", "DD", "DDD", "AD", "ADD", "ADDD"]
+    assert spec["tables"]["data_amount"][-1] == {"label": "liver_a + liver_b", "method": "ADDD"}
+    assert {"a": "ADDD-inv", "b": "ADDD", "metrics": ["iou", "lm_dist_vox", "folding_pct"]} \
+        in spec["comparisons"]
+    assert spec["methods"]["ants"] == {"display": "ANTs", "kind": "baseline", "preset": "fast"}
+    assert "encoder 16-32-32-32, decoder 32-32-32-32-32-16-16" in spec["method_notes"][0]
+    assert spec["data_source"] == default["data_note"]
+    brain = S.spec(default, "brain", "results/prealign/brain/brain_test/subjects.csv")
+    assert brain["prealign_subjects"].endswith("subjects.csv")
+    assert {"a": "ADD", "b": "DD-star", "metrics": ["lm_dist_vox", "iou"]} in brain["comparisons"]
+    json.dumps(spec)  # what the workflow writes
+
+
+def test_dataset_facts(default):
+    assert S.test_pairs(default, "liver_test") == 12
+    assert S.test_pairs(default, "liver_a") == 8  # the supervised training pairs
+    assert S.test_pairs(default, "brain_a") == 0
+    assert S.liver_label(default, "liver_test") == "5"
+    cfg = copy.deepcopy(default)
+    cfg["datasets"]["liver_test"] = {"source": "lits", "organ": "liver", "path": "x"}
+    assert S.liver_label(cfg, "liver_test") == "any"
+    cfg["datasets"]["liver_test"]["label"] = 3
+    assert S.liver_label(cfg, "liver_test") == "3"
+    assert S.data_source(cfg, "liver").startswith("user datasets: liver_test (lits)")
+
+
+def test_check_names_the_key(default):
+    cfg = copy.deepcopy(default)
+    cfg["studies"]["liver"]["test"] = "nope"
+    with pytest.raises(S.ConfigError, match=r"studies\.liver\.test: unknown dataset 'nope'"):
+        S.check(cfg)
+    cfg = copy.deepcopy(default)
+    cfg["studies"]["liver"]["train"] = ["brain_a"]
+    with pytest.raises(S.ConfigError, match=r"studies\.liver\.train\[0\].*brain"):
+        S.check(cfg)
+    cfg = copy.deepcopy(default)
+    del cfg["studies"]["brain"]["atlas"]
+    with pytest.raises(S.ConfigError, match=r"studies\.brain\.atlas"):
+        S.check(cfg)
+    cfg = copy.deepcopy(default)
+    cfg["studies"]["liver"]["data_amount_model"] = "DD-star"
+    with pytest.raises(S.ConfigError, match="data_amount_model"):
+        S.check(cfg)
+    S.check(default)
+
+
+def test_schema_training_section_is_generated_from_trainconfig():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    expected = study_schema()
+    assert schema["properties"]["training"] == expected, (
+        "workflow/schemas/config.schema.yaml `training` differs from "
+        "vtn.train.config.study_schema():\n" + yaml.safe_dump(expected, sort_keys=False))
+    # every key of the section is a TrainConfig key with the same validation
+    for key in expected["properties"]:
+        assert key in TrainConfig.__dataclass_fields__
+    assert schema["definitions"]["spec"]["pattern"] == SPEC_PATTERN
+
+
+def test_voxelmorph_widths_are_the_network_defaults():
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from vtn import networks
+
+    cfg = networks.build_model({"type": "voxelmorph2", "image_size": 16}).config
+    assert cfg["enc_nf"] == list(VOXELMORPH2_ENC_NF)
+    assert cfg["dec_nf"] == list(VOXELMORPH2_DEC_NF)
+
+
+def test_study_and_train_config_import_no_torch():
+    code = ("import sys, vtn.study, vtn.train.config; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_train_config_checks():
+    assert load_config({"lr": "1e-4"}).lr == 1e-4
+    with pytest.raises(Exception, match="'flow_init_scale' must be > 0"):
+        load_config({"flow_init_scale": 0})
+    with pytest.raises(Exception, match="'batch' must be >= 1"):
+        load_config({"batch": 0})
+    cfg = load_config({"type": "voxelmorph2", "enc_nf": [8, 8, 8, 8]})
+    assert cfg.network_options() == {"enc_nf": [8, 8, 8, 8]}
+    assert set(cfg.as_dict()) == set(TrainConfig.__dataclass_fields__)
