@@ -338,3 +338,49 @@ def test_prealign_seconds_from_prep_json(tmp_path):
     assert prealign_seconds(tmp_path / "subjects.csv") == (3.0, 2)
     assert prealign_seconds(None) is None
     assert prealign_seconds(tmp_path / "missing.csv") is None
+
+
+def test_report_reads_exactly_the_files_it_is_given(tmp_path):
+    """Exact inputs: given files, the tables use those and no other file of their folder."""
+    folder = tmp_path / "metrics"
+    _write_metrics(folder)
+    names = list(IOU) + ["ADDD-inv"]
+    files = [folder / f"{n}.csv" for n in dict.fromkeys(names)]
+    by_folder = tables.load_metrics(folder, names)
+    by_files = tables.load_metrics(files, names)
+    assert set(by_files[0]) == set(by_folder[0]) == set(names)
+    assert "ADDD" in by_folder[1] and "ADDD" not in by_files[1]  # ADDD@gpu.csv not listed
+    with_gpu = tables.load_metrics(files + [folder / "ADDD@gpu.csv"], names)
+    assert len(with_gpu[1]["ADDD"]) == N
+    # claims: --metrics once per spec gives the same rows as --metrics-root
+    root = tmp_path / "root"
+    _write_metrics(root / "liver")
+    (root / "liver" / "ADDD@gpu.csv").unlink()
+    spec_path = tmp_path / "liver.json"
+    spec_path.write_text(json.dumps(_spec()))
+    listed = [str(root / "liver" / f"{n}.csv") for n in dict.fromkeys(names)]
+    assert claims.cli(["--spec", str(spec_path), "--metrics", *listed,
+                       "--out", str(tmp_path / "a.md")]) == 0
+    assert claims.cli(["--spec", str(spec_path), "--metrics-root", str(root),
+                       "--out", str(tmp_path / "b.md")]) == 0
+    assert (tmp_path / "a.md").read_text() == (tmp_path / "b.md").read_text()
+
+
+def test_runtime_reads_exactly_the_listed_benchmarks(tmp_path):
+    from vtn.report import runtime
+
+    root = tmp_path / "benchmarks"
+    for rule, job, s in [("train", "liver/AD", 3.0), ("evaluate", "liver/AD", 1.0),
+                         ("train", "liver/D", 2.0)]:
+        (root / rule / job).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"s": [s], "cpu_time": [s], "max_rss": [10.0]}).to_csv(
+            root / rule / f"{job}.tsv", sep="\t", index=False)
+    listed = [root / "train/liver/AD.tsv", root / "evaluate/liver/AD.tsv"]
+    df = runtime.collect(listed, root)
+    assert sorted(zip(df["rule"], df["job"])) == [("evaluate", "liver/AD"), ("train", "liver/AD")]
+    assert df["s"].sum() == 4.0
+    assert len(runtime.collect(root)) == 3  # a folder: every file under it
+    out = tmp_path / "runtime.md"
+    assert runtime.cli(["--benchmarks", *map(str, listed), "--root", str(root),
+                        "--out", str(out)]) == 0
+    assert "Total wall time of all jobs (serial sum): 4.0 s" in out.read_text()

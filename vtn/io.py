@@ -30,6 +30,7 @@ __all__ = [
     "load_itk_warp",
     "atomic_write",
     "atomic_write_json",
+    "expand_files",
 ]
 
 
@@ -301,6 +302,21 @@ def load_itk_warp(path):
     ras[0] *= -1.0
     ras[1] *= -1.0
     return disp_ras_mm_to_voxel(ras, img.affine).astype(np.float32), np.asarray(img.affine)
+
+
+def expand_files(paths, pattern: str):
+    """The files a command was given: a list of files, or one folder standing for its files
+    that match ``pattern`` (a glob such as ``"*.csv"``; ``"**/*.tsv"`` searches sub-folders).
+
+    Returns:
+        ``(sorted list of paths, the folder or None)``.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1 and paths[0].is_dir():
+        return sorted(paths[0].glob(pattern)), paths[0]
+    return sorted(paths), None
 
 
 def atomic_write_json(path, obj) -> None:

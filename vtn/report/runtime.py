@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from vtn.io import expand_files
+
 
 def collect(benchmarks, root=None) -> pd.DataFrame:
     """Read benchmark files ``<root>/<rule>/<wildcards...>.tsv``.
@@ -20,13 +22,12 @@ def collect(benchmarks, root=None) -> pd.DataFrame:
         One row per job: ``rule, job, s, cpu_time, max_rss`` (seconds, seconds, MB).
     """
     rows = []
-    if isinstance(benchmarks, (str, Path)) and Path(benchmarks).is_dir():
-        root = Path(benchmarks)
-        files = sorted(root.rglob("*.tsv"))
-    else:
-        files = sorted(Path(p) for p in ([benchmarks] if isinstance(benchmarks, (str, Path))
-                                         else benchmarks))
-        root = Path(root) if root is not None else Path(os.path.commonpath(files)).parent
+    files, folder = expand_files(benchmarks, "**/*.tsv")
+    if folder is not None:
+        root = folder
+    elif root is None:
+        root = Path(os.path.commonpath(files)).parent if files else Path(".")
+    root = Path(root)
     for tsv in files:
         df = pd.read_csv(tsv, sep="\t")
         rel = tsv.relative_to(root)
@@ -76,7 +77,6 @@ def cli(argv=None) -> int:
                     help="the benchmark folder: <root>/<rule>/<job>.tsv (default: common folder)")
     ap.add_argument("--out", required=True, help="Markdown file to write")
     args = ap.parse_args(argv)
-    bench = args.benchmarks[0] if len(args.benchmarks) == 1 else args.benchmarks
-    df = write_summary(bench, args.out, args.root)
+    df = write_summary(args.benchmarks, args.out, args.root)
     print(f"{len(df)} jobs summarised into {args.out}")
     return 0

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from vtn import stats
-from vtn.io import InputError
+from vtn.io import InputError, expand_files
 from vtn.report import paper
 
 __all__ = [
@@ -87,15 +87,8 @@ def load_metrics(metrics, names) -> tuple[dict, dict, list]:
     """
     import pandas as pd
 
-    if not isinstance(metrics, (str, Path)) and len(metrics) == 1:
-        metrics = metrics[0]
-    if isinstance(metrics, (str, Path)) and Path(metrics).is_dir():
-        folder = Path(metrics)
-        files = sorted(folder.glob("*.csv"))
-    else:
-        files = sorted(Path(p) for p in ([metrics] if isinstance(metrics, (str, Path))
-                                         else metrics))
-        folder = files[0].parent if files else Path(".")
+    files, folder = expand_files(metrics, "*.csv")
+    folder = folder or (files[0].parent if files else Path("."))
     by_stem = {p.name[:-len(".csv")]: p for p in files}
     out, extra, notes = {}, {}, []
     for name in dict.fromkeys(names):
