@@ -23,7 +23,8 @@ from vtn.modelspec import VOXELMORPH2_DEC_NF, VOXELMORPH2_ENC_NF
 from vtn.train.config import resolve_augment
 
 __all__ = ["STAR", "BASELINE_TOOLS", "ConfigError", "check", "models", "baselines", "methods",
-           "model_config", "data_source", "spec", "test_pairs", "liver_label", "has_star"]
+           "model_config", "data_source", "spec", "test_pairs", "liver_label", "has_star",
+           "supervised_dataset"]
 
 STAR = "\u2605"  # the paper's mark of ANTs-pre-aligned methods
 BASELINE_TOOLS = {"ants": "ANTs", "elastix": "Elastix"}  # tool -> display name
@@ -186,15 +187,21 @@ def model_config(config: dict, study: str, model: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def supervised_dataset(config: dict, study: str) -> str:
+    """The dataset whose pairs get ANTs target flows for the supervised model: the first
+    training dataset of the study."""
+    return config["studies"][study]["train"][0]
+
+
 def test_pairs(config: dict, dataset: str) -> int:
     """Pairs written for a dataset: the test pairs of a study (``max_pairs``), or the
     supervised training pairs; 0 (no pairs file needed)."""
-    studies = config["studies"].values()
-    for s in studies:
+    studies = config["studies"]
+    for s in studies.values():
         if s["test"] == dataset and s.get("max_pairs"):
             return s["max_pairs"]
-    for s in studies:
-        if s.get("supervised") and s["train"][0] == dataset:
+    for st, s in studies.items():
+        if s.get("supervised") and supervised_dataset(config, st) == dataset:
             return s["supervised"]["pairs"]
     return 0
 

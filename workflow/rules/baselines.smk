@@ -26,8 +26,8 @@ rule baseline:
 rule supervision_targets:
     # ANTs flows of training pairs: the targets of the "supervised" variant (paper Tables II, VI).
     input:
-        subjects=lambda wc: prep_csv(STUDIES[wc.study]["train"][0]),
-        pairs=lambda wc: pairs_csv(STUDIES[wc.study]["train"][0]),
+        subjects=lambda wc: prep_csv(S.supervised_dataset(config, wc.study)),
+        pairs=lambda wc: pairs_csv(S.supervised_dataset(config, wc.study)),
     # a folder: the flows of the pairs listed in pairs.csv (known once preprocessing ran)
     output:
         directory(targets_dir("{study}")),

@@ -163,7 +163,7 @@ def train_inputs(wc):
               "subjects": [subjects_for(wc.study, d, m["star"]) for d in m["train"]]}
     if m["supervised"]:
         inputs["targets"] = targets_dir(wc.study)
-        inputs["pairs"] = pairs_csv(STUDIES[wc.study]["train"][0])
+        inputs["pairs"] = pairs_csv(S.supervised_dataset(config, wc.study))
     return inputs
 
 
