@@ -44,7 +44,7 @@ def load_model(checkpoint, device="cpu"):
         ``(model in eval mode on device, checkpoint dict)``.
     """
     from vtn.networks import build_model
-    from vtn.train import load_checkpoint
+    from vtn.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     try:
