@@ -70,6 +70,7 @@ Outputs of :func:`make_embedded` in ``raw/``: ``<sid>_image.nii.gz`` (float32),
 ``<sid>_transform.npz`` (see :meth:`SubjectTransform.save`), ``subjects.csv``, ``labels.csv``
 (``label,name``) and ``dataset.json`` (provenance, parameters, per-subject checks and timings).
 """
+
 from __future__ import annotations
 
 from vtn.data.synth.anatomy import LIVER_LABEL, Base, liver_landmarks, load_base, read_fcsv
