@@ -187,6 +187,19 @@ def jacobian_det(flow: torch.Tensor) -> torch.Tensor:
     return a * (e * i - f * h) - b_ * (d * i - f * g) + c * (d * h - e * g)
 
 
+def _single_flow_and_points(flow: torch.Tensor, points: torch.Tensor, who: str) -> torch.Tensor:
+    """Check a single flow ``(3, D, H, W)``/``(1, 3, D, H, W)`` and points ``(N, 3)``; returns
+    the flow with its batch axis."""
+    if flow.dim() == 4:
+        flow = flow.unsqueeze(0)
+    _check_flow(flow)
+    if flow.shape[0] != 1:
+        raise ValueError(f"{who} takes a single flow (batch 1)")
+    if points.dim() != 2 or points.shape[1] != 3:
+        raise ValueError(f"points must have shape (N, 3), got {tuple(points.shape)}")
+    return flow
+
+
 def sample_flow(flow: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Trilinearly sample a flow at continuous voxel positions (border clamp).
 
@@ -197,13 +210,7 @@ def sample_flow(flow: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(N, 3)`` displacement at the points, voxels.
     """
-    if flow.dim() == 4:
-        flow = flow.unsqueeze(0)
-    _check_flow(flow)
-    if flow.shape[0] != 1:
-        raise ValueError("sample_flow takes a single flow (batch 1)")
-    if points.dim() != 2 or points.shape[1] != 3:
-        raise ValueError(f"points must have shape (N, 3), got {tuple(points.shape)}")
+    flow = _single_flow_and_points(flow, points, "sample_flow")
     shape = flow.shape[2:]
     scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], dtype=flow.dtype,
                          device=flow.device)
@@ -270,13 +277,7 @@ def invert_points(points: torch.Tensor, flow: torch.Tensor, iterations: int = 10
         ``(N, 3)`` positions on the flow's grid (voxels, ``flow``'s dtype; may lie outside the
         grid, where the clamped flow is constant).
     """
-    if flow.dim() == 4:
-        flow = flow.unsqueeze(0)
-    _check_flow(flow)
-    if flow.shape[0] != 1:
-        raise ValueError("invert_points takes a single flow (batch 1)")
-    if points.dim() != 2 or points.shape[1] != 3:
-        raise ValueError(f"points must have shape (N, 3), got {tuple(points.shape)}")
+    flow = _single_flow_and_points(flow, points, "invert_points")
     p = points.to(device=flow.device, dtype=flow.dtype)
     if p.shape[0] == 0:
         return p.clone()

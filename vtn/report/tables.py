@@ -246,23 +246,34 @@ def loss_weights_table(spec, notes=None):
     return num, disp
 
 
-def methods_table(spec, metrics, extra=None, names=None, table="methods"):
-    """Tables II / VI (and V / IX without p-values): IoU, Lm. Dist., times per method.
-
-    Returns:
-        ``(numeric DataFrame, display DataFrame)``.
-    """
+def _method_rows(spec, metrics, names, fill):
+    """One numeric and one display row per method of ``names`` that has metrics;
+    ``fill(name, df, row, display_row)`` adds the columns."""
     import pandas as pd
 
-    extra = extra or {}
-    names = names if names is not None else spec["tables"].get("methods", [])
     num, disp = [], []
     for name in names:
         if name not in metrics:
             continue
-        df = metrics[name]
         row = {"method": name, "display": _display(spec, name)}
         d = {"Method": row["display"]}
+        fill(name, metrics[name], row, d)
+        num.append(row)
+        disp.append(d)
+    return pd.DataFrame(num), pd.DataFrame(disp)
+
+
+def methods_table(spec, metrics, extra=None, names=None, table="methods"):
+    """Tables II / VI (and V / IX without p-values): IoU, Lm. Dist., times per method, each
+    paper-comparable column beside the paper's value.
+
+    Returns:
+        ``(numeric DataFrame, display DataFrame)``.
+    """
+    extra = extra or {}
+    names = names if names is not None else spec["tables"].get("methods", [])
+
+    def fill(name, df, row, d):
         ref = _paper_row(spec, table, name)
         row["paper_iou"] = ref["iou"] if ref else float("nan")
         row["paper_lm"] = ref["lm"] if ref else float("nan")
@@ -274,55 +285,38 @@ def methods_table(spec, metrics, extra=None, names=None, table="methods"):
         t = time_summary(df, extra.get(name))
         row["time_gpu_s"], row["time_cpu_s"] = t["gpu"], t["cpu"]
         d["Time"], d["Time (w/o GPU)"] = _fmt_time(t["gpu"]), _fmt_time(t["cpu"])
-        num.append(row)
-        disp.append(d)
-    return pd.DataFrame(num), pd.DataFrame(disp)
+
+    return _method_rows(spec, metrics, names, fill)
 
 
 def smoothness_table(spec, metrics, names=None):
     """Tables III / VII: std of the Jacobian determinant and folding % per method."""
-    import pandas as pd
-
     names = names if names is not None else spec["tables"].get("smoothness", [])
-    num, disp = [], []
-    for name in names:
-        if name not in metrics:
-            continue
-        df = metrics[name]
-        row = {"method": name, "display": _display(spec, name)}
+
+    def fill(name, df, row, d):
         ref = _paper_row(spec, "smoothness", name)
-        d = {"Method": row["display"],
-             "Std. Jacobian": _metric_cols(row, df, "jac_std"),
-             "Paper Std. Jacobian": _fmt(*ref["jac_std"], 3) if ref else "-",
-             "Folding (%)": _metric_cols(row, df, "folding_pct"),
-             "Paper Folding (%)": _fmt(*ref["folding"], 3) if ref else "-"}
-        num.append(row)
-        disp.append(d)
-    return pd.DataFrame(num), pd.DataFrame(disp)
+        d["Std. Jacobian"] = _metric_cols(row, df, "jac_std")
+        d["Paper Std. Jacobian"] = _fmt(*ref["jac_std"], 3) if ref else "-"
+        d["Folding (%)"] = _metric_cols(row, df, "folding_pct")
+        d["Paper Folding (%)"] = _fmt(*ref["folding"], 3) if ref else "-"
+
+    return _method_rows(spec, metrics, names, fill)
 
 
 def extra_measures_table(spec, metrics, names=None):
     """The measures beyond the paper (:data:`EXTRA_METRICS`: Learn2Reg's Dice, HD95, SDlogJ, the
     non-diffeomorphic volume, the per-structure means and the reference code's landmark
     measure), one row per method of the paper tables (methods, smoothness, cascades)."""
-    import pandas as pd
-
     if names is None:
         t = spec["tables"]
         names = list(dict.fromkeys(list(t.get("methods", [])) + list(t.get("smoothness", []))
                                    + list(t.get("cascades", []))))
-    num, disp = [], []
-    for name in names:
-        if name not in metrics:
-            continue
-        df = metrics[name]
-        row = {"method": name, "display": _display(spec, name)}
-        d = {"Method": row["display"]}
+
+    def fill(name, df, row, d):
         for metric in EXTRA_METRICS:
             d[METRIC_NAMES[metric]] = _metric_cols(row, df, metric)
-        num.append(row)
-        disp.append(d)
-    return pd.DataFrame(num), pd.DataFrame(disp)
+
+    return _method_rows(spec, metrics, names, fill)
 
 
 def metric_notes(organ: str) -> dict:
