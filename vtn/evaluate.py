@@ -254,7 +254,8 @@ def evaluate_pair(fixed: dict, moving: dict, reg: Path, *, organ: str = "liver",
             table = res["table"]
         else:
             fm, wm = liver_mask(fseg, liver_label), liver_mask(wseg, liver_label)
-            res = metrics.mean_label_overlap(fm, wm, [1], spacing=spacing)
+            res = metrics.mean_label_overlap(fm.astype(np.int8), wm.astype(np.int8), [1],
+                                             spacing=spacing)
             table = res["table"].assign(label="liver")
         row.update(iou=metrics.iou(fm, wm), dice=metrics.dice(fm, wm),
                    iou_structures=res["iou"], dice_structures=res["dice"],
