@@ -178,6 +178,39 @@ def test_transport_points_integer_shift():
                                + g[:, 2, 3, 4])
 
 
+@pytest.mark.parametrize("search", [False, True])
+def test_invert_points_large_affine_exact(search):
+    """y + u(y) = p for an affine flow x -> c + A (x - c) + b has the closed form
+    y = c + A^-1 (p - c - b); A is far from I (rotation 35 deg, scale 2.2), where the plain
+    fixed-point iteration y <- p - u(y) does not converge."""
+    shape = (20, 22, 24)
+    c, s = np.cos(np.radians(35)), np.sin(np.radians(35))
+    A = 2.2 * np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) + 0.05
+    b = np.array([1.0, -0.5, 2.0])
+    flow = vf.affine_flow(torch.from_numpy(A - np.eye(3))[None], torch.from_numpy(b)[None],
+                          shape)
+    centre = (np.asarray(shape) - 1) / 2
+    y_true = np.array([[9.5, 10.0, 11.0], [8.5, 11.25, 12.5], [10.5, 9.5, 10.75]])
+    p = (y_true - centre) @ A.T + centre + b
+    y = vf.invert_points(torch.from_numpy(p), flow, search=search)
+    np.testing.assert_allclose(y.numpy(), y_true, atol=1e-6)
+    # the case is not trivial: fixed-point iteration diverges here
+    z = torch.from_numpy(p)
+    for _ in range(50):
+        z = torch.from_numpy(p) - vf.sample_flow(flow, z)
+    assert np.abs(z.numpy() - y_true).max() > 1.0
+
+
+def test_invert_points_smooth_field_roundtrip():
+    shape = (16, 18, 20)
+    g = torch.from_numpy(_smooth_field(shape, 3.0, seed=4))
+    p = torch.tensor([[5.0, 6.5, 7.0], [10.25, 3.0, 12.0], [0.0, 17.0, 19.0]], dtype=torch.float64)
+    y = vf.invert_points(p, g)
+    torch.testing.assert_close(vf.transport_points(y, g), p, atol=1e-6, rtol=0)
+    assert (y - p).abs().max() > 0.5  # the field moves the points
+    assert vf.invert_points(p[:0], g).shape == (0, 3)
+
+
 def test_shape_errors():
     img = torch.zeros(1, 1, 4, 4, 4)
     with pytest.raises(ValueError):

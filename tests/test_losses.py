@@ -314,7 +314,7 @@ def test_vtnloss_inverse_and_supervised():
     out = _fake_out(spec, seed=1)
     rev = _fake_out(spec, seed=2)
     fixed = torch.rand(2, 1, 8, 8, 8, dtype=D64)
-    loss = L.VTNLoss(spec, inv_weight=1e-3)
+    loss = L.VTNLoss(spec, inv_weight=1e-3, inv_reverse_terms="all")
     with pytest.raises(ValueError):
         loss(out, fixed)
     total, terms = loss(out, fixed, out_reverse=rev, moving=out["moving"])
@@ -335,6 +335,48 @@ def test_vtnloss_inverse_and_supervised():
         L.VTNLoss("ADD")(out, fixed)  # output has 2 subnets
     with pytest.raises(ValueError):
         L.VTNLoss(spec, reduction="median")
+
+
+def _leaf_reverse(spec, seed):
+    """A reverse-run output whose tensors are leaves (to read the gradient w.r.t. each)."""
+    rev = _fake_out(spec, seed=seed)
+    leaf = {"flows": [f.detach().requires_grad_() for f in rev["flows"]],
+            "warped": [w.detach().requires_grad_() for w in rev["warped"]],
+            "affine": tuple(t.detach().requires_grad_() for t in rev["affine"]),
+            "flow": rev["flow"].detach().requires_grad_(), "moving": rev["moving"]}
+    leaves = leaf["flows"] + leaf["warped"] + list(leaf["affine"])
+    return leaf, leaves
+
+
+@pytest.mark.parametrize("spec", ["AD", "ADD"])
+def test_plus_inv_default_adds_only_the_invertibility_term(spec):
+    """The paper's "+ inv": the reverse run enters the loss only through eq. 12."""
+    out = _fake_out(spec, seed=1)
+    fixed = torch.rand(2, 1, 8, 8, 8, dtype=D64)
+    rev, leaves = _leaf_reverse(spec, seed=2)
+    loss = L.VTNLoss(spec, inv_weight=1e-3)
+    assert loss.inv_reverse_terms == "inv_only"
+    total, terms = loss(out, fixed, out_reverse=rev, moving=out["moving"])
+    plain, plain_terms = L.VTNLoss(spec)(out, fixed)
+    inv = L.invertibility_loss(out["flow"], rev["flow"]).mean()
+    assert set(terms) == set(plain_terms) | {"inv"}
+    assert total.item() == pytest.approx((plain + 1e-3 * inv).item(), rel=1e-12)
+    grads = torch.autograd.grad(total, leaves + [rev["flow"]], allow_unused=True)
+    assert all(g is None for g in grads[:-1])  # no similarity/TV/det/ortho of the reverse run
+    (g_inv,) = torch.autograd.grad(1e-3 * L.invertibility_loss(out["flow"], rev["flow"]).mean(),
+                                   rev["flow"])
+    torch.testing.assert_close(grads[-1], g_inv, rtol=1e-12, atol=0)
+    assert g_inv.abs().max() > 0
+    # the named option keeps the earlier behaviour: the reverse run's own terms too
+    total_all, terms_all = L.VTNLoss(spec, inv_weight=1e-3, inv_reverse_terms="all")(
+        out, fixed, out_reverse=rev, moving=out["moving"])
+    rev_part, _ = L.VTNLoss(spec)(rev, out["moving"])
+    assert total_all.item() == pytest.approx((plain + rev_part + 1e-3 * inv).item(), rel=1e-12)
+    assert {"sim_1_rev", "det_0_rev", "ortho_0_rev"} <= set(terms_all)
+    grads_all = torch.autograd.grad(total_all, leaves, allow_unused=True)
+    assert sum(g is not None and bool(g.abs().max() > 0) for g in grads_all) >= 3
+    with pytest.raises(ValueError, match="inv_reverse_terms"):
+        L.VTNLoss(spec, inv_weight=1e-3, inv_reverse_terms="both")
 
 
 def test_voxelmorph_loss():

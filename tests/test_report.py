@@ -52,8 +52,12 @@ def _frame(iou, lm, fold, seconds, device, pairs=PAIRS):
     return pd.DataFrame({
         "study": "liver", "method": "x", "fixed": [p[0] for p in pairs],
         "moving": [p[1] for p in pairs], "iou": iou, "dice": np.asarray(iou) * 1.1,
-        "lm_dist_vox": lm, "lm_dist_mm": np.asarray(lm) * 2, "jac_std": np.linspace(.2, .3, n),
-        "folding_pct": fold, "epe": np.nan, "seconds": seconds, "device": device, "threads": 2,
+        "iou_structures": np.asarray(iou) * 0.8, "dice_structures": np.asarray(iou) * 0.85,
+        "hd95_structures": np.arange(n) + 1.0, "hd95_structures_mm": np.arange(n) * 2 + 2.0,
+        "lm_dist_vox": lm, "lm_dist_mm": np.asarray(lm) * 2, "lm_ref_vox": np.asarray(lm) + 1,
+        "lm_ref_mm": np.asarray(lm) * 2 + 2, "jac_std": np.linspace(.2, .3, n),
+        "folding_pct": fold, "sdlogj": np.linspace(.05, .1, n), "ndv_pct": np.asarray(fold) / 2,
+        "epe": np.nan, "seconds": seconds, "device": device, "threads": 2,
         "data_source": SOURCE})
 
 
@@ -156,6 +160,42 @@ def test_tables_known_means_pvalues_and_captions(tmp_path):
     assert list(t4["training_data"]) == ["set A", "set A + B"]
 
 
+def _header(md_path):
+    return [c.strip() for c in md_path.read_text().splitlines()[2].strip("|").split("|")]
+
+
+@pytest.mark.parametrize("organ", ["liver", "brain"])
+def test_tables_paper_columns_beside_paper_values_and_extra_columns_named(tmp_path, organ):
+    _write_metrics(tmp_path / "metrics")
+    out = tmp_path / "tables"
+    written = tables.make_tables(_spec(organ), tmp_path / "metrics", out)
+    methods = "table2_methods" if organ == "liver" else "table6_methods"
+    smooth = "table3_smoothness" if organ == "liver" else "table7_smoothness"
+    head = _header(out / f"{methods}.md")
+    assert head[head.index("Seg. IoU") + 1] == "Paper IoU"
+    assert head[head.index("Lm. Dist. (vox)") + 1] == "Paper Lm."
+    head = _header(out / f"{smooth}.md")
+    assert head[head.index("Folding (%)") + 1] == "Paper Folding (%)"
+    md = (out / f"{methods}.md").read_text()
+    region = "whole brain" if organ == "brain" else "liver mask"
+    assert f"Seg. IoU: IoU of the {region}" in md and "Section V-B" in md
+    assert "det < 0" in (out / f"{smooth}.md").read_text()
+    assert "det <= 0" not in (out / f"{smooth}.md").read_text()
+    # every measure beyond the paper has a named column in extra_measures, with its definition
+    assert "extra_measures" in written
+    head = _header(out / "extra_measures.md")
+    assert head == ["Method"] + [tables.METRIC_NAMES[m] for m in tables.EXTRA_METRICS]
+    text = (out / "extra_measures.md").read_text()
+    for name in head[1:]:
+        assert name.split(" (")[0] in text.split(head[-1], 1)[1]  # defined in the note
+    _, ex = _read(out / "extra_measures.csv")
+    row = ex.set_index("method").loc["ADDD"]
+    assert row["iou_structures_mean"] == pytest.approx(np.mean(IOU["ADDD"]) * 0.8)
+    assert row["hd95_structures_mean"] == pytest.approx(np.mean(np.arange(N) + 1.0))
+    assert row["sdlogj_mean"] == pytest.approx(np.mean(np.linspace(.05, .1, N)))
+    assert set(ex["method"]) == {"ants", "elastix", "ADDD", "ADDD-inv", "D", "DD"}
+
+
 def test_tables_cli_brain_numbering_and_empty_metrics(tmp_path):
     spec = _spec("brain")
     spec["loss_weights"] = {"ADDD": None}
@@ -217,6 +257,8 @@ def test_claims_small_n_and_cli(tmp_path):
                        "--out", str(out)]) == 0
     text = out.read_text()
     assert SOURCE in text.splitlines()[2]
+    assert claims.LEGEND in text and "det < 0" in text and "det <= 0" not in text
+    assert "whole brain" in claims.LEGEND and "lm_ref_vox" in claims.LEGEND
     df = pd.read_csv(out.with_suffix(".csv"))
     inv = df[df["claim"] == "invertibility loss improves accuracy"]
     assert set(inv["verdict"]) == {"inconclusive"}

@@ -14,7 +14,8 @@ Follows the reference code (RCN ``free_form_fields`` + ``sample_power``; referen
 * the dense field is a displacement in **voxels** (channel ``k`` along array axis ``k``) that
   *pulls*: the augmented moving image is ``moving(x + field(x))`` (:func:`vtn.functional.warp`,
   trilinear, border clamp); a segmentation is warped with the same field (nearest neighbour here,
-  so labels stay labels), landmarks are carried to the point ``y`` with ``y + field(y) = p``.
+  so labels stay labels), landmarks are carried to the point ``y`` with ``y + field(y) = p``
+  (:func:`vtn.functional.invert_points`).
 
 Only the moving image is augmented (as in the reference; issue #29 notes the fixed could be too).
 Random numbers come from a CPU :class:`torch.Generator` (a few hundred numbers per batch), so a
@@ -28,7 +29,7 @@ import functools
 import torch
 
 from vtn.device import to_device
-from vtn.functional import sample_flow, warp, warp_labels
+from vtn.functional import invert_points, warp, warp_labels
 
 __all__ = [
     "sample_power",
@@ -36,7 +37,6 @@ __all__ = [
     "bspline_basis_matrix",
     "bspline_field",
     "random_bspline_field",
-    "invert_points",
     "augment_moving",
     "max_displacement",
 ]
@@ -147,30 +147,6 @@ def random_bspline_field(batch: int, shape, generator: torch.Generator | None = 
     """
     control = random_control_points(batch, shape, generator)
     return bspline_field(to_device(control, device, dtype), shape)
-
-
-def invert_points(points: torch.Tensor, field: torch.Tensor, iterations: int = 50,
-                  tol: float = 1e-4) -> torch.Tensor:
-    """Positions ``y`` with ``y + field(y) = p`` (landmarks of an augmented moving image).
-
-    Solved by the fixed-point iteration ``y <- p - field(y)`` (a contraction for the smooth,
-    small-gradient augmentation fields); the reference snaps to the nearest voxel instead.
-
-    Args:
-        points: ``(N, 3)`` voxel positions in the original moving image.
-        field: ``(3, D, H, W)`` or ``(1, 3, D, H, W)`` augmentation displacement (voxels).
-
-    Returns:
-        ``(N, 3)`` positions in the augmented image.
-    """
-    p = points.to(field.dtype)
-    y = p.clone()
-    for _ in range(iterations):
-        y_new = p - sample_flow(field, y)
-        if (y_new - y).abs().max().item() < tol:
-            return y_new
-        y = y_new
-    return y
 
 
 def augment_moving(moving: torch.Tensor, seg: torch.Tensor | None = None,

@@ -28,6 +28,7 @@ __all__ = [
     "jacobian_det",
     "sample_flow",
     "transport_points",
+    "invert_points",
 ]
 
 
@@ -251,6 +252,19 @@ def det3(M: torch.Tensor) -> torch.Tensor:
     return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
+def _single_flow_and_points(flow: torch.Tensor, points: torch.Tensor, who: str) -> torch.Tensor:
+    """Check a single flow ``(3, D, H, W)``/``(1, 3, D, H, W)`` and points ``(N, 3)``; returns
+    the flow with its batch axis."""
+    if flow.dim() == 4:
+        flow = flow.unsqueeze(0)
+    check_flow(flow)
+    if flow.shape[0] != 1:
+        raise ValueError(f"{who} takes a single flow (batch 1)")
+    if points.dim() != 2 or points.shape[1] != 3:
+        raise ValueError(f"points must have shape (N, 3), got {tuple(points.shape)}")
+    return flow
+
+
 def sample_flow(flow: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Trilinearly sample a flow at continuous voxel positions (border clamp).
 
@@ -261,13 +275,7 @@ def sample_flow(flow: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(N, 3)`` displacement at the points, voxels.
     """
-    if flow.dim() == 4:
-        flow = flow.unsqueeze(0)
-    check_flow(flow)
-    if flow.shape[0] != 1:
-        raise ValueError("sample_flow takes a single flow (batch 1)")
-    if points.dim() != 2 or points.shape[1] != 3:
-        raise ValueError(f"points must have shape (N, 3), got {tuple(points.shape)}")
+    flow = _single_flow_and_points(flow, points, "sample_flow")
     shape = flow.shape[2:]
     scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], dtype=flow.dtype,
                          device=flow.device)
@@ -287,3 +295,89 @@ def transport_points(points: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         ``(N, 3)`` voxel coordinates in the moving image.
     """
     return points.to(flow.dtype) + sample_flow(flow, points)
+
+
+def _forward_map_nearest(points: torch.Tensor, flow: torch.Tensor, chunk: int = 1 << 18):
+    """For each point ``p`` the grid voxel ``x`` minimising ``||x + flow(x) - p||`` (brute force,
+    ``chunk`` voxels at a time). ``flow`` is ``(1, 3, D, H, W)``; returns ``(N, 3)``."""
+    shape = flow.shape[2:]
+    pos = (identity_grid(shape, device=flow.device, dtype=flow.dtype) + flow[0]).reshape(3, -1).t()
+    best = torch.full((points.shape[0],), float("inf"), dtype=flow.dtype, device=flow.device)
+    arg = torch.zeros(points.shape[0], dtype=torch.long, device=flow.device)
+    for start in range(0, pos.shape[0], chunk):
+        d = torch.cdist(points, pos[start:start + chunk])
+        v, i = d.min(dim=1)
+        better = v < best
+        best = torch.where(better, v, best)
+        arg = torch.where(better, i + start, arg)
+    grid = identity_grid(shape, device=flow.device, dtype=flow.dtype).reshape(3, -1).t()
+    return grid[arg]
+
+
+def invert_points(points: torch.Tensor, flow: torch.Tensor, iterations: int = 100,
+                  tol: float = 1e-6, search: bool = False) -> torch.Tensor:
+    """Positions ``y`` on the flow's grid with ``y + flow(y) = p`` (inverse point transport).
+
+    ``flow`` maps a grid point ``y`` to ``y + flow(y)`` (the pull convention), so ``y`` is where
+    the point ``p`` of the other image lands: the warped moving landmarks of a registration
+    (paper Section V-B, ``p`` = moving landmarks, ``flow`` = fixed -> moving displacement) or the
+    landmarks of an augmented moving image (:mod:`vtn.augment`).
+
+    Solved by a damped Newton iteration on ``r(y) = y + flow(y) - p`` (``flow`` sampled
+    trilinearly with border clamp, :func:`sample_flow`; its Jacobian by central differences with
+    a half-voxel step; a step is halved up to 8 times until ``|r|`` decreases; where
+    ``I + grad flow`` is singular the fixed-point step ``y <- p - flow(y)`` is used). The start is
+    ``y = p``, or with ``search=True`` the grid voxel whose image ``x + flow(x)`` is nearest to
+    ``p`` (for large deformations, e.g. flows with an affine part). Where the map is not
+    invertible (folding) the iteration returns the point of smallest residual it found.
+
+    Args:
+        points: ``(N, 3)`` voxel positions (array-axis order) in the image the flow pulls from.
+        flow: ``(3, D, H, W)`` or ``(1, 3, D, H, W)`` displacement in voxels.
+        iterations: the most Newton steps.
+        tol: stop when every residual component is below ``tol`` voxels.
+        search: start from the nearest forward-mapped grid voxel (brute force over the grid).
+
+    Returns:
+        ``(N, 3)`` positions on the flow's grid (voxels, ``flow``'s dtype; may lie outside the
+        grid, where the clamped flow is constant).
+    """
+    flow = _single_flow_and_points(flow, points, "invert_points")
+    p = points.to(device=flow.device, dtype=flow.dtype)
+    if p.shape[0] == 0:
+        return p.clone()
+    eye = torch.eye(3, dtype=flow.dtype, device=flow.device)
+    h = 0.5
+
+    def residual(y):
+        return y + sample_flow(flow, y) - p
+
+    y = _forward_map_nearest(p, flow) if search else p.clone()
+    r = residual(y)
+    for _ in range(iterations):
+        if r.abs().max().item() < tol:
+            break
+        cols = [(sample_flow(flow, y + h * eye[k]) - sample_flow(flow, y - h * eye[k])) / (2 * h)
+                for k in range(3)]
+        J = eye + torch.stack(cols, dim=2)  # J[n, i, k] = delta_ik + d flow_i / d y_k
+        ok = torch.linalg.det(J).abs() > 1e-6
+        step = r.clone()
+        if ok.any():
+            step[ok] = torch.linalg.solve(J[ok], r[ok].unsqueeze(-1)).squeeze(-1)
+        norm = r.norm(dim=1)
+        lam = torch.ones_like(norm)
+        accepted = torch.zeros_like(norm, dtype=torch.bool)
+        y_new, r_new = y.clone(), r.clone()
+        for _ in range(9):
+            trial = y - lam.unsqueeze(1) * step
+            r_trial = residual(trial)
+            better = ~accepted & (r_trial.norm(dim=1) < norm)
+            y_new[better], r_new[better] = trial[better], r_trial[better]
+            accepted |= better
+            if accepted.all():
+                break
+            lam = torch.where(accepted, lam, lam / 2)
+        if not accepted.any():
+            break
+        y, r = y_new, r_new
+    return y

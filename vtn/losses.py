@@ -35,9 +35,14 @@ __all__ = [
     "local_ncc_loss",
     "gradient_l2_loss",
     "default_weights",
+    "INV_REVERSE_TERMS",
     "VTNLoss",
     "VoxelMorphLoss",
 ]
+
+#: what the reverse run of the "+ inv" variants adds to the loss (see :class:`VTNLoss`)
+INV_REVERSE_TERMS = ("inv_only", "all")
+
 
 def _check_image_pair(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.dim() < 2 or a.shape != b.shape:
@@ -313,10 +318,16 @@ class VTNLoss(nn.Module):
 
     With ``inv_weight > 0`` the model must also have been run on the swapped pair (``out_reverse
     = model(moving, fixed)``): the loss adds ``inv_weight * invertibility_loss(out["flow"],
-    out_reverse["flow"])`` and, so that both directions are trained symmetrically, the
-    similarity/regularisation terms of the reverse run with the same weights (named with a
-    ``_rev`` suffix; the reverse fixed image is the original moving image, taken from
-    ``out_reverse["fixed"]`` or the ``moving`` argument).
+    out_reverse["flow"])`` (term ``"inv"``). What else the reverse run contributes is
+    ``inv_reverse_terms``:
+
+    * ``"inv_only"`` (default; the paper's "+ inv": eq. 12 added to the loss of the forward
+      pair) -- nothing else: the reverse run enters the loss only through ``L_inv``, so
+      "ADDD + inv" differs from "ADDD" by the invertibility term alone;
+    * ``"all"`` -- also the similarity/regularisation terms of the reverse run with the same
+      weights (named with a ``_rev`` suffix; the reverse fixed image is the original moving
+      image, taken from ``out_reverse["fixed"]`` or the ``moving`` argument), which trains on
+      both directions of every pair (this package's earlier behaviour).
 
     With ``target`` (supervised variant, paper "supervised" row) the loss adds
     ``endpoint_error(out["flow"], target)`` (weight 1, name ``"epe"``) and keeps the
@@ -334,15 +345,20 @@ class VTNLoss(nn.Module):
         supervised_similarity: keep similarity terms when a target is given.
         tv_reference: use the reference code's TV (half of eq. 8).
         inv_central: evaluate the invertibility loss on the central region (paper).
+        inv_reverse_terms: ``"inv_only"`` (default) or ``"all"``, see above.
     """
 
     def __init__(self, spec: str, weights: list[dict] | None = None, inv_weight: float = 0.0,
                  reduction: str = "mean", supervised_similarity: bool = False,
-                 tv_reference: bool = False, inv_central: bool = True):
+                 tv_reference: bool = False, inv_central: bool = True,
+                 inv_reverse_terms: str = "inv_only"):
         super().__init__()
         check_spec(spec)
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if inv_reverse_terms not in INV_REVERSE_TERMS:
+            raise ValueError(f"inv_reverse_terms must be one of {INV_REVERSE_TERMS}, got "
+                             f"{inv_reverse_terms!r}")
         weights = default_weights(spec) if weights is None else [dict(w) for w in weights]
         if len(weights) != len(spec):
             raise ValueError(
@@ -360,6 +376,7 @@ class VTNLoss(nn.Module):
         self.supervised_similarity = bool(supervised_similarity)
         self.tv_reference = bool(tv_reference)
         self.inv_central = bool(inv_central)
+        self.inv_reverse_terms = inv_reverse_terms
 
     def _direction(self, out: dict, fixed: torch.Tensor, suffix: str, similarity: bool):
         if len(out["warped"]) != len(self.spec) or len(out["flows"]) != len(self.spec):
@@ -413,12 +430,13 @@ class VTNLoss(nn.Module):
         if self.inv_weight > 0:
             if out_reverse is None:
                 raise ValueError("inv_weight > 0 needs out_reverse = model(moving, fixed)")
-            rev_fixed = out_reverse.get("fixed", moving) if moving is None else moving
-            if rev_fixed is None:
-                raise ValueError("the reverse direction needs the moving image: pass moving=")
-            t_rev, terms_rev = self._direction(out_reverse, rev_fixed, "_rev", similarity)
-            total = total + t_rev
-            terms.update(terms_rev)
+            if self.inv_reverse_terms == "all":
+                rev_fixed = out_reverse.get("fixed", moving) if moving is None else moving
+                if rev_fixed is None:
+                    raise ValueError("the reverse direction needs the moving image: pass moving=")
+                t_rev, terms_rev = self._direction(out_reverse, rev_fixed, "_rev", similarity)
+                total = total + t_rev
+                terms.update(terms_rev)
             v = _reduce(invertibility_loss(out["flow"], out_reverse["flow"], self.inv_central),
                         self.reduction)
             terms["inv"] = v

@@ -5,6 +5,11 @@ results/tables/<study>`` (``--metrics`` also takes the folder of those files)
 
 Liver studies give Tables I (loss weights), II (methods), III (smoothness), IV (data amount),
 V (cascades); brain studies VI, VII, VIII, IX (and ``I-brain`` when the spec has loss weights).
+The paper tables show the paper-comparable columns (Seg. IoU: the liver mask / the whole brain;
+Lm. Dist.: warped moving vs fixed landmarks, Section V-B; folding: ``det < 0``) beside the
+paper's values; ``extra_measures`` holds every measure beyond the paper (Learn2Reg's Dice,
+HD95, SDlogJ, the non-diffeomorphic volume, per-structure means, the reference code's landmark
+measure), and each table's note defines its columns (:func:`metric_notes`).
 Every table is written as ``<stem>.csv`` (numeric: mean, std, n per column; the first line is a
 ``# caption`` comment, read with ``pd.read_csv(path, comment=None, skiprows=1)``),
 ``<stem>.md`` and ``<stem>.tex``; each carries a caption stating the data source and image size.
@@ -36,7 +41,8 @@ from vtn.report import paper
 
 __all__ = [
     "load_spec", "load_metrics", "summarise", "time_summary", "loss_weights_table",
-    "methods_table", "smoothness_table", "data_amount_table", "cascades_table",
+    "methods_table", "smoothness_table", "extra_measures_table", "metric_notes",
+    "data_amount_table", "cascades_table",
     "pvalue_table", "write_table", "make_tables", "cli",
 ]
 
@@ -46,11 +52,21 @@ NUMBER = {"I": 1, "II": 2, "III": 3, "IV": 4, "V": 5, "VI": 6, "VII": 7, "VIII":
 TERM_NAMES = {"sim": "Similarity", "det": "Determinant", "ortho": "Orthogonality",
               "tv": "Total variation", "inv": "Invertibility", "epe": "End-point error",
               "grad": "Gradient L2", "ncc": "Local NCC"}
+#: display name of every per-pair column (``vtn evaluate``) a table shows
 METRIC_NAMES = {"iou": "Seg. IoU", "dice": "Dice", "lm_dist_vox": "Lm. Dist.",
                 "lm_dist_mm": "Lm. Dist. (mm)", "jac_std": "Std. Jacobian",
-                "folding_pct": "Folding (%)", "epe": "EPE", "seconds": "Time"}
+                "folding_pct": "Folding (%)", "epe": "EPE", "seconds": "Time",
+                "iou_structures": "IoU (structures)", "dice_structures": "Dice (structures)",
+                "hd95_structures": "HD95 (vox)", "hd95_structures_mm": "HD95 (mm)",
+                "lm_ref_vox": "Lm. Dist. ref. (vox)", "lm_ref_mm": "Lm. Dist. ref. (mm)",
+                "sdlogj": "SDlogJ", "ndv_pct": "NDV (%)"}
 DIGITS = {"iou": 4, "dice": 4, "lm_dist_vox": 2, "lm_dist_mm": 2, "jac_std": 3,
-          "folding_pct": 3, "epe": 2}
+          "folding_pct": 3, "epe": 2, "iou_structures": 4, "dice_structures": 4,
+          "hd95_structures": 2, "hd95_structures_mm": 2, "lm_ref_vox": 2, "lm_ref_mm": 2,
+          "sdlogj": 3, "ndv_pct": 3}
+#: the measures beyond the paper (table ``extra_measures``), in column order
+EXTRA_METRICS = ["dice", "iou_structures", "dice_structures", "hd95_structures",
+                 "hd95_structures_mm", "lm_ref_vox", "lm_ref_mm", "sdlogj", "ndv_pct"]
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -239,59 +255,109 @@ def loss_weights_table(spec, notes=None):
     return num, disp
 
 
+def _method_rows(spec, metrics, names, fill):
+    """One numeric and one display row per method of ``names`` that has metrics;
+    ``fill(name, df, row, display_row)`` adds the columns."""
+    import pandas as pd
+
+    num, disp = [], []
+    for name in names:
+        if name not in metrics:
+            continue
+        row = {"method": name, "display": _display(spec, name)}
+        d = {"Method": row["display"]}
+        fill(name, metrics[name], row, d)
+        num.append(row)
+        disp.append(d)
+    return pd.DataFrame(num), pd.DataFrame(disp)
+
+
 def methods_table(spec, metrics, extra=None, names=None, table="methods"):
-    """Tables II / VI (and V / IX without p-values): IoU, Lm. Dist., times per method.
+    """Tables II / VI (and V / IX without p-values): IoU, Lm. Dist., times per method, each
+    paper-comparable column beside the paper's value.
 
     Returns:
         ``(numeric DataFrame, display DataFrame)``.
     """
-    import pandas as pd
-
     extra = extra or {}
     names = names if names is not None else spec["tables"].get("methods", [])
-    num, disp = [], []
-    for name in names:
-        if name not in metrics:
-            continue
-        df = metrics[name]
-        row = {"method": name, "display": _display(spec, name)}
-        d = {"Method": row["display"]}
+
+    def fill(name, df, row, d):
+        ref = _paper_row(spec, table, name)
+        row["paper_iou"] = ref["iou"] if ref else float("nan")
+        row["paper_lm"] = ref["lm"] if ref else float("nan")
         d["Seg. IoU"] = _metric_cols(row, df, "iou")
+        d["Paper IoU"] = fmt(row["paper_iou"], None, 4) if ref else "-"
         d["Lm. Dist. (vox)"] = _metric_cols(row, df, "lm_dist_vox")
+        d["Paper Lm."] = fmt(row["paper_lm"], None, 2) if ref else "-"
         d["Lm. Dist. (mm)"] = _metric_cols(row, df, "lm_dist_mm")
         t = time_summary(df, extra.get(name))
         row["time_gpu_s"], row["time_cpu_s"] = t["gpu"], t["cpu"]
         d["Time"], d["Time (w/o GPU)"] = _fmt_time(t["gpu"]), _fmt_time(t["cpu"])
-        ref = _paper_row(spec, table, name)
-        row["paper_iou"] = ref["iou"] if ref else float("nan")
-        row["paper_lm"] = ref["lm"] if ref else float("nan")
-        d["Paper IoU"] = fmt(row["paper_iou"], None, 4) if ref else "-"
-        d["Paper Lm."] = fmt(row["paper_lm"], None, 2) if ref else "-"
-        num.append(row)
-        disp.append(d)
-    return pd.DataFrame(num), pd.DataFrame(disp)
+
+    return _method_rows(spec, metrics, names, fill)
 
 
 def smoothness_table(spec, metrics, names=None):
     """Tables III / VII: std of the Jacobian determinant and folding % per method."""
-    import pandas as pd
-
     names = names if names is not None else spec["tables"].get("smoothness", [])
-    num, disp = [], []
-    for name in names:
-        if name not in metrics:
-            continue
-        df = metrics[name]
-        row = {"method": name, "display": _display(spec, name)}
-        d = {"Method": row["display"],
-             "Std. Jacobian": _metric_cols(row, df, "jac_std"),
-             "Folding (%)": _metric_cols(row, df, "folding_pct")}
+
+    def fill(name, df, row, d):
         ref = _paper_row(spec, "smoothness", name)
+        d["Std. Jacobian"] = _metric_cols(row, df, "jac_std")
         d["Paper Std. Jacobian"] = fmt(*ref["jac_std"], 3) if ref else "-"
+        d["Folding (%)"] = _metric_cols(row, df, "folding_pct")
         d["Paper Folding (%)"] = fmt(*ref["folding"], 3) if ref else "-"
-        num.append(row)
-        disp.append(d)
-    return pd.DataFrame(num), pd.DataFrame(disp)
+
+    return _method_rows(spec, metrics, names, fill)
+
+
+def extra_measures_table(spec, metrics, names=None):
+    """The measures beyond the paper (:data:`EXTRA_METRICS`: Learn2Reg's Dice, HD95, SDlogJ, the
+    non-diffeomorphic volume, the per-structure means and the reference code's landmark
+    measure), one row per method of the paper tables (methods, smoothness, cascades)."""
+    if names is None:
+        t = spec["tables"]
+        names = list(dict.fromkeys(list(t.get("methods", [])) + list(t.get("smoothness", []))
+                                   + list(t.get("cascades", []))))
+
+    def fill(name, df, row, d):
+        for metric in EXTRA_METRICS:
+            d[METRIC_NAMES[metric]] = _metric_cols(row, df, metric)
+
+    return _method_rows(spec, metrics, names, fill)
+
+
+def metric_notes(organ: str) -> dict:
+    """Definition of every column, per table kind (``methods``, ``smoothness``, ``extra``)."""
+    region = ("the whole brain, every labelled voxel (label >= 1) as one region"
+              if organ == "brain" else "the liver mask")
+    structures = ("the unweighted mean over the LPBA40 structures present in the fixed "
+                  "segmentation" if organ == "brain" else "the liver (one structure)")
+    lm = ("Lm. Dist.: mean distance between the warped moving landmarks (y with y + u(y) = "
+          "moving landmark) and the fixed landmarks (paper Section V-B), in voxels of the fixed "
+          "prep image (★: the difference mapped through the linear part of the fixed subject's "
+          "atlas_to_prep, i.e. the inverse of its atlas alignment, to its original prep "
+          "voxels); mm through that image's affine.")
+    return {
+        "methods": (f"Seg. IoU: IoU of {region} (the paper's quantity, Section V). {lm} "
+                    "Measures beyond the paper are in extra_measures."),
+        "smoothness": ("Std. Jacobian: population std of det(I + grad u), forward differences "
+                       "(reference code). Folding: percent of voxels with det < 0 (the paper: "
+                       "negative Jacobian determinant). SDlogJ and the non-diffeomorphic "
+                       "volume are in extra_measures."),
+        "extra": (f"Beyond the paper. Dice: Dice of {region} (the region of Seg. IoU). "
+                  f"IoU (structures), Dice (structures): {structures}. HD95 (vox/mm): mean "
+                  "over the same structures of the 95th-percentile Hausdorff distance between "
+                  "the boundary voxels (Learn2Reg; voxels of the evaluation grid, mm through "
+                  "its voxel size). Lm. Dist. ref.: the reference code's measure, the fixed "
+                  "landmarks carried into the moving image (p + u(p)) vs the moving landmarks, "
+                  "voxels of the moving prep image (★: through the moving subject's "
+                  "atlas_to_prep). SDlogJ: std of log det(I + grad u), central differences, "
+                  "2-voxel border crop, J clipped to [1e-9, 1e9] (Learn2Reg, without its "
+                  "undocumented +3). NDV (%): non-diffeomorphic volume (Liu et al., IJCV 2024) "
+                  "in percent of the grid."),
+    }
 
 
 def data_amount_table(spec, metrics, entries=None):
@@ -446,15 +512,18 @@ def write_table(out_dir, stem: str, num, disp, caption: str, note: str = "") -> 
     return paths
 
 
+def _who(spec) -> str:
+    return spec["organ"] if spec["study"] == spec["organ"] else f"{spec['study']}, {spec['organ']}"
+
+
 def _caption(spec, roman: str, title: str, n_pairs: int | None = None) -> str:
     size = spec.get("image_size")
     size_txt = f"{size}³ voxels" if size else "size not stated"
     src = spec.get("data_source") or "data source not stated"
     pairs = f"; mean (std) over {n_pairs} test pairs" if n_pairs else ""
-    who = spec["organ"] if spec["study"] == spec["organ"] else f"{spec['study']}, {spec['organ']}"
-    return (f"Table {roman} ({who}): {title}. "
-            f"Data: {src}. Images {size_txt}{pairs}; Lm. Dist. in voxels of the prep image. "
-            f"Paper columns are the published values on the paper's own datasets, "
+    return (f"Table {roman} ({_who(spec)}): {title}. "
+            f"Data: {src}. Images {size_txt}{pairs}; Lm. Dist. in voxels of the fixed prep "
+            f"image. Paper columns are the published values on the paper's own datasets, "
             f"shown for reference only.")
 
 
@@ -517,10 +586,13 @@ def make_tables(spec, metrics_dir, out_dir) -> dict:
 
     specs = [("methods", "comparison among methods"),
              ("smoothness", "standard deviation of the Jacobian determinant and folding "
-                            "(det <= 0, percent of voxels)"),
+                            "(det < 0, percent of voxels)"),
              ("data_amount", "amount of unlabeled training data"),
              ("cascades", "number of cascaded subnetworks")]
     prows = []
+    defs = metric_notes(organ)
+    defs["cascades"] = defs["methods"]
+    defs["data_amount"] = defs["methods"]
     for key, title in specs:
         r = roman[key]
         stem = f"table{NUMBER[r]}_{key}"
@@ -539,8 +611,19 @@ def make_tables(spec, metrics_dir, out_dir) -> dict:
         if len(num) == 0:
             notes.append(f"Table {r} ({key}): no method with metrics - not written")
             continue
-        written[stem] = write_table(out_dir, stem, num, disp, _caption(spec, r, title, n),
-                                    star_note)
+        note = " ".join(x for x in (defs.get(key, ""), star_note) if x)
+        written[stem] = write_table(out_dir, stem, num, disp, _caption(spec, r, title, n), note)
+    num, disp = extra_measures_table(spec, metrics)
+    if len(num):
+        names_extra = list(num["method"])
+        cap = (f"Measures beyond the paper ({_who(spec)}): Learn2Reg's "
+               f"Dice, HD95 and SDlogJ, the non-diffeomorphic volume, per-structure means and "
+               f"the reference code's landmark measure. Data: "
+               f"{spec.get('data_source') or 'data source not stated'}. Images "
+               f"{spec.get('image_size', '?')}³ voxels; mean (std) over "
+               f"{_n_pairs(metrics, names_extra)} test pairs. No paper values exist.")
+        note = " ".join(x for x in (defs["extra"], star_note) if x)
+        written["extra_measures"] = write_table(out_dir, "extra_measures", num, disp, cap, note)
     num, disp = pvalue_table(spec, metrics, prows)
     if len(num):
         cap = (f"Wilcoxon signed-rank tests, two-sided, pairs matched by (fixed, moving) "
