@@ -18,6 +18,8 @@ COMMANDS = {
     "prealign": ("vtn.data.prealign", "ANTs affine pre-alignment to the atlas (brain star variants)"),
     "train": ("vtn.train", "train a VTN cascade or VoxelMorph-2"),
     "register": ("vtn.register", "register pairs with a trained checkpoint"),
+    "package-model": ("vtn.recipe", "a trained model + its preprocessing recipe + model card"),
+    "register-images": ("vtn.register_images", "register two scans of your own, warp in their space"),
     "baseline": ("vtn.baselines.run", "register pairs with ANTs or Elastix"),
     "evaluate": ("vtn.evaluate", "per-pair metrics of one method"),
     "tables": ("vtn.report.tables", "the paper's tables from per-pair metrics"),
