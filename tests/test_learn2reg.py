@@ -103,6 +103,27 @@ def test_import_task_subjects_keypoints_pairs(tmp_path, variant):
     assert any("liver label 6" in n for n in notes)
 
 
+def test_subsets_split_training_from_validation(tmp_path):
+    root, _ = make_task(tmp_path / "AbdomenCTCT")
+    ids = {}
+    for subset in ("train", "val", "test", "all"):
+        rows, pairs = import_learn2reg(root, tmp_path / subset, subset=subset)
+        ids[subset] = [r["subject"] for r in rows]
+        assert all(f in ids[subset] and m in ids[subset] for f, m, _ in pairs)
+        # keypoints are converted for the kept subjects only
+        assert {p.name for p in (tmp_path / subset).glob("*_landmarks.csv")} == {
+            f"{r['subject']}_landmarks.csv" for r in rows if r["landmarks"] is not None}
+    # registration_val uses 0001, 0002, 0003: nothing left to train on but nothing shared
+    assert ids["val"] == [f"AbdomenCTCT_000{k}_0000" for k in (1, 2, 3)]
+    assert ids["train"] == [] and ids["test"] == ["AbdomenCTCT_0031_0000"]
+    assert sorted(ids["all"]) == sorted(ids["val"] + ids["test"])
+    spec = json.loads((root / "AbdomenCTCT_dataset.json").read_text())
+    spec["registration_val"] = spec["registration_val"][:1]  # 0001 -> 0002 only
+    (root / "AbdomenCTCT_dataset.json").write_text(json.dumps(spec))
+    rows, pairs = import_learn2reg(root, tmp_path / "t2", subset="train")
+    assert [r["subject"] for r in rows] == ["AbdomenCTCT_0003_0000"] and pairs == []
+
+
 def test_bad_task_folders_name_the_problem(tmp_path):
     root, _ = make_task(tmp_path / "T")
     (root / "imagesTr" / "AbdomenCTCT_0002_0000.nii.gz").unlink()
@@ -123,7 +144,7 @@ def test_bad_task_folders_name_the_problem(tmp_path):
     bad.write_text("1,2\n3,4\n")
     with pytest.raises(InputError, match=r"kp\.csv: keypoints need 3 columns"):
         read_keypoints(bad, np.eye(4))
-    with pytest.raises(InputError, match="no registration pairs"):
+    with pytest.raises(InputError, match="no registration pairs or subsets"):
         adapters.import_dataset("lits", tmp_path, tmp_path / "s.csv", pairs_out=tmp_path / "p.csv")
 
 

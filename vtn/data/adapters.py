@@ -232,7 +232,8 @@ def _table(path):
     return rows
 
 
-def import_dataset(layout, path, out, landmarks_dir=None, affine=None, pairs_out=None, log=None):
+def import_dataset(layout, path, out, landmarks_dir=None, affine=None, pairs_out=None,
+                   subset="all", log=None):
     """List (and where needed convert) a dataset as a raw ``subjects.csv``.
 
     Args:
@@ -242,6 +243,7 @@ def import_dataset(layout, path, out, landmarks_dir=None, affine=None, pairs_out
         landmarks_dir: optional folder of user landmark CSVs (``name,x,y,z`` RAS mm).
         affine: 4x4 voxel -> RAS mm for HDF5 volumes (default identity).
         pairs_out: ``learn2reg`` only: write the task's pairs (``fixed,moving,split``) here.
+        subset: ``learn2reg`` only: ``all``, ``train``, ``val`` or ``test`` images.
         log: optional ``callable(str)`` for notes.
 
     Returns:
@@ -254,8 +256,9 @@ def import_dataset(layout, path, out, landmarks_dir=None, affine=None, pairs_out
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     path = _require_dir(layout, path)
-    if pairs_out is not None and layout != "learn2reg":
-        raise InputError(f"layout {layout} defines no registration pairs (--pairs-out is for learn2reg)")
+    if layout != "learn2reg" and (pairs_out is not None or subset != "all"):
+        raise InputError(f"layout {layout} defines no registration pairs or subsets "
+                         f"(--pairs-out and --subset are for learn2reg)")
     out = Path(out)
     outdir = out.parent
     outdir.mkdir(parents=True, exist_ok=True)
@@ -276,7 +279,7 @@ def import_dataset(layout, path, out, landmarks_dir=None, affine=None, pairs_out
     elif layout == "learn2reg":
         from vtn.data.learn2reg import import_learn2reg
 
-        rows, pairs = import_learn2reg(path, outdir, log=log)
+        rows, pairs = import_learn2reg(path, outdir, subset=subset, log=log)
     else:
         rows = _table(path)
     if not rows:
@@ -320,6 +323,9 @@ def cli(argv=None) -> int:
     p.add_argument("--affine", default=None, help="4x4 text file: voxel -> RAS mm of HDF5 volumes (default identity)")
     p.add_argument("--pairs-out", default=None,
                    help="learn2reg: write the task's registration pairs (fixed,moving,split) here")
+    p.add_argument("--subset", default="all", choices=["all", "train", "val", "test"],
+                   help="learn2reg: training images outside the val/test pairs (train), the "
+                        "registration_val images (val), the test images (test), or all")
     a = p.parse_args(argv)
     try:
         aff = None
@@ -329,7 +335,8 @@ def cli(argv=None) -> int:
             except (OSError, ValueError) as exc:
                 raise InputError(f"{a.affine}: cannot read a 4x4 affine ({exc})") from exc
         rows = import_dataset(a.layout, a.path, a.out, landmarks_dir=a.landmarks_dir, affine=aff,
-                              pairs_out=a.pairs_out, log=lambda s: print(s, file=sys.stderr))
+                              pairs_out=a.pairs_out, subset=a.subset,
+                              log=lambda s: print(s, file=sys.stderr))
     except InputError as exc:
         print(f"vtn import: error: {exc}", file=sys.stderr)
         return 1

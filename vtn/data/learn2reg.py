@@ -22,7 +22,12 @@ row, so that corresponding keypoints of a pair share a name.
 
 Subject ids are the image file stems (``AbdomenCTCT_0001_0000``). :func:`import_learn2reg`
 returns the rows of the raw ``subjects.csv`` and the pairs ``(fixed, moving, split)`` (split =
-the JSON list it came from), written by ``vtn import --pairs-out``.
+the JSON list it came from), written by ``vtn import --pairs-out``. ``subset`` selects the
+images (:data:`SUBSETS`): ``all``; ``val`` -- the images of the ``registration_val`` pairs;
+``test`` -- the ``test`` list and the images of ``registration_test``; ``train`` -- the
+``training`` images in neither (so that a study trains on ``train`` and tests on the
+``registration_val`` pairs of ``val`` without overlap). Only pairs with both images in the
+subset are returned.
 """
 
 from __future__ import annotations
@@ -35,10 +40,14 @@ import numpy as np
 
 from vtn.io import InputError, save_raw_landmarks, scan_stem
 
-__all__ = ["PAIR_LISTS", "find_dataset_json", "read_keypoints", "import_learn2reg", "pair_stem"]
+__all__ = ["PAIR_LISTS", "SUBSETS", "find_dataset_json", "read_keypoints", "import_learn2reg",
+           "pair_stem"]
 
 #: the JSON's pair lists, in the order their pairs are written
 PAIR_LISTS = ("registration_val", "registration_test", "training_paired_images")
+
+#: image subsets of a task (module docstring)
+SUBSETS = ("all", "train", "val", "test")
 
 _CASE_RE = re.compile(r"^(?P<task>.+)_(?P<case>\d{4})_(?P<mod>\d{4})$")
 
@@ -107,12 +116,13 @@ def read_keypoints(path, affine):
     return [f"kp{i + 1:04d}" for i in range(len(vox))], mm
 
 
-def import_learn2reg(path, outdir, log=None):
+def import_learn2reg(path, outdir, subset="all", log=None):
     """List a Learn2Reg task folder as raw subjects and pairs (module docstring).
 
     Args:
         path: the task folder (or its dataset JSON).
         outdir: folder of the converted keypoint files (``<sid>_landmarks.csv``).
+        subset: one of :data:`SUBSETS`.
         log: optional ``callable(str)`` for notes (skipped test images, the liver label).
 
     Returns:
@@ -121,6 +131,8 @@ def import_learn2reg(path, outdir, log=None):
     """
     import nibabel as nib
 
+    if subset not in SUBSETS:
+        raise InputError(f"learn2reg subset must be one of {', '.join(SUBSETS)}, got {subset!r}")
     json_path = find_dataset_json(path)
     root = json_path.parent
     try:
@@ -130,7 +142,7 @@ def import_learn2reg(path, outdir, log=None):
     if not isinstance(spec.get("training"), list):
         raise InputError(f"{json_path}: no 'training' list (not a Learn2Reg dataset JSON)")
     outdir = Path(outdir)
-    rows, by_image = [], {}
+    rows, by_image, kind = [], {}, {}
     for split, entries in (("training", spec["training"]), ("test", spec.get("test") or [])):
         for entry in entries:
             entry = {"image": entry} if isinstance(entry, str) else dict(entry)
@@ -144,6 +156,7 @@ def import_learn2reg(path, outdir, log=None):
             sid = scan_stem(image)
             if sid in {r["subject"] for r in rows}:
                 raise InputError(f"{json_path}: image {entry['image']} listed twice")
+            kind[sid] = split
             seg = None
             if entry.get("label"):
                 seg = _resolve(root, entry["label"], "label", json_path)
@@ -151,11 +164,8 @@ def import_learn2reg(path, outdir, log=None):
                     raise InputError(f"{json_path}: label map {entry['label']} of {sid} not found")
             lm = None
             kp = _keypoint_file(root, entry, image, json_path)
-            if kp is not None:
-                names, mm = read_keypoints(kp, nib.load(str(image)).affine)
-                lm = outdir / f"{sid}_landmarks.csv"
-                save_raw_landmarks(lm, names, mm)
-            rows.append({"subject": sid, "image": image, "seg": seg, "landmarks": lm})
+            rows.append({"subject": sid, "image": image, "seg": seg, "landmarks": lm,
+                         "keypoints": kp})
             by_image[image] = sid
     pairs = []
     for split in PAIR_LISTS:
@@ -174,6 +184,19 @@ def import_learn2reg(path, outdir, log=None):
                 pairs.append((ids[0], ids[1], split))
             elif log:
                 log(f"{json_path}: {split} pair {pair} skipped (test images not present)")
+    val = {s for f, m, sp in pairs if sp == "registration_val" for s in (f, m)}
+    test = {s for f, m, sp in pairs if sp == "registration_test" for s in (f, m)}
+    test |= {s for s, k in kind.items() if k == "test"}
+    keep = {"all": set(kind), "val": val, "test": test,
+            "train": {s for s, k in kind.items() if k == "training"} - val - test}[subset]
+    rows = [r for r in rows if r["subject"] in keep]
+    pairs = [p for p in pairs if p[0] in keep and p[1] in keep]
+    for r in rows:  # keypoints are converted for the kept subjects only
+        kp = r.pop("keypoints")
+        if kp is not None:
+            names, mm = read_keypoints(kp, nib.load(str(r["image"])).affine)
+            r["landmarks"] = outdir / f"{r['subject']}_landmarks.csv"
+            save_raw_landmarks(r["landmarks"], names, mm)
     if log:
         labels = spec.get("labels") or {}
         liver = [k for k, v in labels.items() if "liver" in str(v).lower()]
