@@ -193,3 +193,46 @@ def test_write_native_from_prep_records(tmp_path):
     a2p = np.eye(4)
     a2p[:3, 3] = [1.0, 2.0, 3.0]
     np.testing.assert_allclose(N.model_to_raw(dict(fm, atlas_to_prep=a2p.tolist())), g_f @ a2p)
+
+
+def test_native_space_command_for_a_method_folder(tmp_path, capsys):
+    """``vtn native-space`` over a method's folder: one pair with an affine part (continued
+    outside the crop box), one without (zero flow outside)."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    recs = [write_subject(raw, f"s{i}", seed=i) for i in range(2)]
+    table = write_table(raw, recs)
+    prep = tmp_path / "prep"
+    size = 16
+    pp.preprocess_dataset(table, "liver", size, raw / "s0.nii.gz", prep,
+                          pairs_out=tmp_path / "pairs.csv", log=lambda s: None)
+    reg = tmp_path / "reg"
+    Wk, bk = np.diag([0.05, -0.04, 0.03]), np.array([0.5, -0.5, 1.0])
+    flow = affine_flow(torch.tensor(Wk)[None], torch.tensor(bk)[None], (size,) * 3)[0].numpy()
+    save_disp_l2r(reg / "disp_s0_s1.nii.gz", flow, np.eye(4))
+    save_disp_l2r(reg / "disp_s1_s0.nii.gz", flow, np.eye(4))
+    (reg / "affine_s0_s1.json").write_text(json.dumps({"W": Wk.tolist(), "b": bk.tolist()}))
+    from vtn.cli import main
+
+    assert main(["native-space", "--reg", str(reg), "--subjects", str(prep / "subjects.csv"),
+                 "--pairs", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "native")]) == 0
+    err = capsys.readouterr().err
+    assert "s0 <- s1" in err and "outside the crop box: affine" in err
+    assert "s1 <- s0" in err and "outside the crop box: identity" in err and "[2/2" in err
+    for f, m, affine in (("s0", "s1", True), ("s1", "s0", False)):
+        fm = json.loads((prep / f"{f}_prep.json").read_text())
+        mm = json.loads((prep / f"{m}_prep.json").read_text())
+        g_f, g_m = np.array(fm["prep_to_raw"]), np.array(mm["prep_to_raw"])
+        v = np.indices(tuple(fm["raw_shape"])).reshape(3, -1).T.astype(float)
+        x = (np.linalg.inv(g_f) @ np.c_[v, np.ones(len(v))].T).T[:, :3]
+        inside = ((x >= -1e-6) & (x <= size - 1 + 1e-6)).all(axis=1)
+        assert 0 < inside.mean() < 1
+        u = (x - (size - 1) / 2.0) @ Wk.T + bk
+        y = x + np.where(inside[:, None] | affine, u, 0.0)
+        w = (g_m @ np.c_[y, np.ones(len(y))].T).T[:, :3]
+        disp, _ = load_disp_l2r(tmp_path / "native" / f"disp_{f}_{m}.nii.gz")
+        np.testing.assert_allclose(disp.reshape(3, -1).T, w - v, atol=1e-4)
+    pd.DataFrame({"fixed": ["s0"], "moving": ["s9"]}).to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["native-space", "--reg", str(reg), "--subjects", str(prep / "subjects.csv"),
+                 "--pairs", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "n2")]) == 1
+    assert "bad.csv: subject 's9' is not listed" in capsys.readouterr().err

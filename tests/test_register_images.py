@@ -219,6 +219,7 @@ def test_known_affine_pair_is_exact(packaged, tmp_path, capsys):
     lab = sitk.GetArrayFromImage(sitk.Resample(_sitk_read(p["moving_seg"]), fixed_img, tx,
                                                sitk.sitkNearestNeighbor, 0)).T
     wseg = np.asarray(nib.load(str(out / f"warpedseg_{stem}.nii.gz")).dataobj)
+    assert wseg.dtype == np.int16  # the label map's own type
     clear = (np.abs(np.abs(w - np.floor(w)) - 0.5) > 1e-3).all(axis=1).reshape(FIXED_SHAPE)
     np.testing.assert_array_equal(wseg[clear], lab[clear])
     assert (wseg == 6).sum() > 100
@@ -332,5 +333,10 @@ def test_model_and_organ_errors(packaged, tmp_path, capsys):
     nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.int16), np.eye(4)), str(other))
     with pytest.raises(InputError, match=r"other_seg\.nii\.gz: label map of shape .* not on the grid"):
         RI.register_images(packaged, p["fixed"], p["moving"], tmp_path / "o", moving_seg=other,
+                           device="cpu", log=lambda s: None)
+    far = tmp_path / "far.csv"
+    pd.DataFrame({"name": ["far"], "x": [500.0], "y": [0.0], "z": [0.0]}).to_csv(far, index=False)
+    with pytest.raises(InputError, match=r"far\.csv: landmark\(s\) outside the fixed image.*far at"):
+        RI.register_images(packaged, p["fixed"], p["moving"], tmp_path / "o", fixed_landmarks=far,
                            device="cpu", log=lambda s: None)
     assert not (tmp_path / "o").exists()

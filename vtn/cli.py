@@ -20,6 +20,7 @@ COMMANDS = {
     "register": ("vtn.register", "register pairs with a trained checkpoint"),
     "package-model": ("vtn.recipe", "a trained model + its preprocessing recipe + model card"),
     "register-images": ("vtn.register_images", "register two scans of your own, warp in their space"),
+    "native-space": ("vtn.native", "a method's registrations in the original image space"),
     "baseline": ("vtn.baselines.run", "register pairs with ANTs or Elastix"),
     "evaluate": ("vtn.evaluate", "per-pair metrics of one method"),
     "tables": ("vtn.report.tables", "the paper's tables from per-pair metrics"),

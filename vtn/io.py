@@ -379,7 +379,8 @@ def read_scan(path, *, labels: bool = False):
 
     Args:
         path: file or DICOM folder.
-        labels: a label map: integer values are required and kept (int32); otherwise float32.
+        labels: a label map: integer values are required (an integer dtype is kept, float
+            labels become int32); otherwise float32.
 
     Returns:
         ``(array (X, Y, Z), affine 4x4 voxel -> RAS mm)``; array axis ``k`` is ITK index ``k``.
@@ -434,6 +435,6 @@ def read_scan(path, *, labels: bool = False):
             r = np.rint(data)
             if np.abs(data - r).max() > 1e-3:
                 raise InputError(f"{path}: label map has non-integer values")
-            data = r
-        return data.astype(np.int32), affine
+            data = r.astype(np.int32)
+        return data, affine
     return data.astype(np.float32, copy=False), affine

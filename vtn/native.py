@@ -36,10 +36,19 @@ grid with its affine:
 The dense fields are computed in slabs of the fixed grid (bounded temporary memory); the outputs
 themselves are full-resolution float32 arrays (a 512 x 512 x 300 CT: 0.9 GB per displacement
 field).
+
+``vtn native-space --reg DIR --subjects CSV --pairs CSV --out DIR`` writes these files for every
+pair of any method's registration folder (``disp_<f>_<m>.nii.gz`` on the model grid; the
+subjects' ``<sid>_prep.json`` next to ``CSV``). A method with an affine part may leave
+``affine_<f>_<m>.json`` (``{"W": 3x3, "b": 3}``, model voxels, paper eq. 11) next to the
+displacement; without it the map continues with zero network flow outside the crop box.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +61,8 @@ from vtn.io import (InputError, load_disp_l2r, load_raw_landmarks, read_scan, sa
                     save_itk_displacement, save_raw_landmarks, save_volume)
 
 __all__ = ["NativeGrids", "OUTSIDE_RULES", "model_to_raw", "native_map", "folding_percent",
-           "write_native", "write_native_from_prep", "write_overlay"]
+           "check_landmarks_inside", "write_native", "write_native_from_prep",
+           "native_space_folder", "write_overlay", "cli"]
 
 #: how the map is continued outside the model grid (the fixed crop box), as written to JSON
 OUTSIDE_RULES = {
@@ -259,17 +269,24 @@ def write_native(out_dir, stem, grids: NativeGrids, flow, moving_image, affine=N
             "seconds": time.perf_counter() - t0}
 
 
-def _write_landmarks(path, names, mm, grids, flow, affine):
+def check_landmarks_inside(source, names, mm, affine, shape):
+    """Fixed voxel coordinates ``(N, 3)`` of RAS mm landmarks; a point more than half a voxel
+    outside the fixed image is an :class:`InputError` naming ``source`` and the points."""
     from vtn.data.preprocess import world_to_voxel
 
-    mm = np.asarray(mm, dtype=np.float64).reshape(-1, 3)
-    v = world_to_voxel(mm, grids.fixed_affine)
-    hi = np.asarray(grids.fixed_shape, dtype=np.float64) - 1
+    v = world_to_voxel(np.asarray(mm, dtype=np.float64).reshape(-1, 3), affine)
+    hi = np.asarray(shape, dtype=np.float64) - 1
     bad = ((v < -0.5) | (v > hi + 0.5)).any(axis=1)
     if bad.any():
         lst = ", ".join(f"{n} at voxel {np.round(p, 1).tolist()}" for n, p, b in zip(names, v, bad) if b)
-        raise InputError(f"fixed landmark(s) outside the fixed image of shape {grids.fixed_shape}: "
-                         f"{lst} (coordinates must be RAS mm: negate x and y of LPS/ITK points)")
+        raise InputError(f"{source}: landmark(s) outside the fixed image of shape "
+                         f"{tuple(int(s) for s in shape)}: {lst} (coordinates must be RAS mm: "
+                         f"negate x and y of LPS/ITK points)")
+    return v
+
+
+def _write_landmarks(path, names, mm, grids, flow, affine):
+    v = check_landmarks_inside("fixed landmarks", names, mm, grids.fixed_affine, grids.fixed_shape)
     w, _ = native_map(grids, flow, affine, v)
     save_raw_landmarks(path, names, _apply(grids.moving_affine, w))
 
@@ -312,6 +329,55 @@ def write_native_from_prep(out_dir, fixed_meta: dict, moving_meta: dict, disp, a
     stem = f"{fixed_meta['subject']}_{moving_meta['subject']}"
     return write_native(out_dir, stem, grids, flow, moving, affine=affine, moving_seg=seg,
                         fixed_landmarks=lms, log=log)
+
+
+def _read_json(path, what):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def native_space_folder(reg_dir, subjects_csv, pairs_csv, out_dir, log=print) -> list:
+    """:func:`write_native_from_prep` for every pair of a method's registration folder.
+
+    Args:
+        reg_dir: the method's folder (``disp_<f>_<m>.nii.gz`` [+ ``affine_<f>_<m>.json``]).
+        subjects_csv: the preprocessed ``subjects.csv`` the method registered (its
+            ``<sid>_prep.json`` records sit next to it).
+        pairs_csv: ``fixed,moving``.
+        out_dir: output folder of the native-space files.
+
+    Returns:
+        the per-pair dicts of :func:`write_native`, with ``fixed`` and ``moving``.
+    """
+    from vtn.io import read_pairs, read_subjects
+
+    reg_dir, out_dir = Path(reg_dir), Path(out_dir)
+    known = {r["subject"] for r in read_subjects(subjects_csv)}
+    pairs = read_pairs(pairs_csv)
+    results = []
+    t0 = time.perf_counter()
+    for k, (f, m) in enumerate(pairs, 1):
+        for sid in (f, m):
+            if sid not in known:
+                raise InputError(f"{pairs_csv}: subject {sid!r} is not listed in {subjects_csv}")
+        metas = [_read_json(Path(subjects_csv).parent / f"{sid}_prep.json", "prep record")
+                 for sid in (f, m)]
+        affine = None
+        apath = reg_dir / f"affine_{f}_{m}.json"
+        if apath.exists():
+            a = _read_json(apath, "affine part")
+            affine = (np.asarray(a["W"], dtype=np.float64), np.asarray(a["b"], dtype=np.float64))
+        res = write_native_from_prep(out_dir, metas[0], metas[1], reg_dir / f"disp_{f}_{m}.nii.gz",
+                                     affine=affine)
+        results.append(dict(res, fixed=f, moving=m))
+        rate = (time.perf_counter() - t0) / k
+        log(f"{f} <- {m}: {res['seconds']:.1f} s, outside the crop box: {res['outside']} "
+            f"[{k}/{len(pairs)}, ETA {rate * (len(pairs) - k):.0f} s]")
+    return results
 
 
 def _raw_shape(meta):
@@ -366,3 +432,20 @@ def write_overlay(path, fixed, warped, fixed_affine, centre_voxel, title="", win
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def cli(argv=None) -> int:
+    """``vtn native-space`` (see the module docstring)."""
+    ap = argparse.ArgumentParser(prog="vtn native-space",
+                                 description="a method's registrations in the original image space")
+    ap.add_argument("--reg", required=True, help="the method's registration folder (disp_<f>_<m>.nii.gz)")
+    ap.add_argument("--subjects", required=True, help="the preprocessed subjects.csv it registered")
+    ap.add_argument("--pairs", required=True, help="pairs.csv (fixed,moving)")
+    ap.add_argument("--out", required=True, help="output folder of the native-space files")
+    a = ap.parse_args(argv)
+    try:
+        native_space_folder(a.reg, a.subjects, a.pairs, a.out, log=lambda s: print(s, file=sys.stderr))
+    except InputError as exc:
+        print(f"vtn native-space: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

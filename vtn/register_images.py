@@ -60,7 +60,7 @@ def _as_nifti(path, tmp: Path, tag: str, labels: bool = False):
     if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES):
         return p, arr, aff
     dst = tmp / f"{tag}.nii.gz"
-    save_volume(dst, arr.astype(np.int16) if labels else arr, aff)
+    save_volume(dst, arr, aff)
     return dst, arr, aff
 
 
@@ -85,7 +85,8 @@ def register_images(model, fixed, moving, out, moving_seg=None, fixed_landmarks=
             outputs without ``overwrite``.
     """
     from vtn.data.learn2reg import pair_stem
-    from vtn.native import NativeGrids, folding_percent, write_native, write_overlay
+    from vtn.native import (NativeGrids, check_landmarks_inside, folding_percent, write_native,
+                            write_overlay)
     from vtn.recipe import apply_recipe, load_package
     from vtn.train import resolve_device
 
@@ -129,7 +130,10 @@ def register_images(model, fixed, moving, out, moving_seg=None, fixed_landmarks=
                 if not (marr > 0).any():
                     raise InputError(f"{mask}: organ mask is empty (no voxel > 0)")
                 masks[tag] = mp
-        lms = load_raw_landmarks(fixed_landmarks) if fixed_landmarks is not None else None
+        lms = None
+        if fixed_landmarks is not None:
+            lms = load_raw_landmarks(fixed_landmarks)
+            check_landmarks_inside(fixed_landmarks, *lms, f_aff, f_arr.shape)
         times["read"] = time.perf_counter() - t0
 
         prep = {}
