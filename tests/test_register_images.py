@@ -58,7 +58,18 @@ def _world(shape, aff):
 
 def write_dicom_series(arr, aff, folder):
     """An int16 DICOM series (one file per slice) of an (X, Y, Z) array with an LPS-identity
-    direction (``aff`` = LPS @ diag(spacing) + origin)."""
+    direction (``aff`` = LPS @ diag(spacing) + origin). GDCM's writer switches the process to
+    the C locale (later text reads would default to ASCII): the locale is restored."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_dicom_series(arr, aff, folder)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(arr, aff, folder):
     import SimpleITK as sitk
 
     folder.mkdir(parents=True)
