@@ -20,6 +20,7 @@ __all__ = [
     "load_landmarks",
     "load_raw_landmarks",
     "save_landmarks",
+    "save_raw_landmarks",
     "read_subjects",
     "read_pairs",
     "save_disp_l2r",
@@ -27,10 +28,15 @@ __all__ = [
     "disp_voxel_to_ras_mm",
     "disp_ras_mm_to_voxel",
     "save_itk_warp",
+    "save_itk_displacement",
     "load_itk_warp",
     "atomic_write",
     "atomic_write_json",
     "expand_files",
+    "NIFTI_SUFFIXES",
+    "scan_stem",
+    "sitk_ras_affine",
+    "read_scan",
 ]
 
 
@@ -161,6 +167,16 @@ def save_landmarks(path, names, points) -> None:
         df.to_csv(tmp, index=False, float_format="%.6f")
 
 
+def save_raw_landmarks(path, names, points_mm) -> None:
+    """Write a raw landmark CSV ``name,x,y,z`` (RAS world mm, through :func:`atomic_write`)."""
+    import pandas as pd
+
+    pts = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
+    df = pd.DataFrame({"name": list(names), "x": pts[:, 0], "y": pts[:, 1], "z": pts[:, 2]})
+    with atomic_write(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6f")
+
+
 def read_subjects(path):
     """Read a dataset's ``subjects.csv`` (``subject,image,seg,landmarks``).
 
@@ -251,11 +267,10 @@ def disp_ras_mm_to_voxel(disp_mm, affine):
 
 
 def save_itk_warp(path, flow, affine, moving_affine=None) -> None:
-    """Write an ANTs/ITK displacement-field transform.
+    """Write an ANTs/ITK displacement-field transform from a voxel flow.
 
-    5-D NIfTI ``(X, Y, Z, 1, 3)``, intent 1007 (vector), physical mm in **LPS**, resampling
-    convention: the world point of fixed voxel ``p`` maps to the world point of moving voxel
-    ``p + u(p)``.
+    Resampling convention: the world point of fixed voxel ``p`` maps to the world point of moving
+    voxel ``p + u(p)``; written with :func:`save_itk_displacement`.
 
     Args:
         flow: ``(3, X, Y, Z)`` displacement in voxels on the fixed grid (into the moving grid).
@@ -264,8 +279,6 @@ def save_itk_warp(path, flow, affine, moving_affine=None) -> None:
             whenever the two grids differ (e.g. different crops), since the world displacement is
             ``A_m (p + u) - A_f p``.
     """
-    import nibabel as nib
-
     flow = np.asarray(flow, dtype=np.float64)
     if moving_affine is None or np.allclose(moving_affine, affine):
         disp_ras = disp_voxel_to_ras_mm(flow, affine)
@@ -277,11 +290,26 @@ def save_itk_warp(path, flow, affine, moving_affine=None) -> None:
         world_m = np.einsum("ij,j...->i...", A_m[:3, :3], tgt) + A_m[:3, 3].reshape(3, 1, 1, 1)
         world_f = np.einsum("ij,j...->i...", A_f[:3, :3], grid) + A_f[:3, 3].reshape(3, 1, 1, 1)
         disp_ras = world_m - world_f
-    disp_lps = disp_ras.copy()
-    disp_lps[0] *= -1.0
-    disp_lps[1] *= -1.0
-    data = np.moveaxis(disp_lps, 0, -1)[:, :, :, None, :].astype(np.float32)
-    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    disp_lps = np.moveaxis(disp_ras, 0, -1) * np.array([-1.0, -1.0, 1.0])
+    save_itk_displacement(path, disp_lps, affine)
+
+
+def save_itk_displacement(path, disp_lps, affine) -> None:
+    """Write an ANTs/ITK displacement-field transform: 5-D NIfTI ``(X, Y, Z, 1, 3)`` float32,
+    intent 1007 (vector), physical mm in **LPS**, resampling convention (fixed -> moving), the
+    fixed image's affine in the header (written to a temporary file, then renamed).
+
+    Args:
+        disp_lps: ``(X, Y, Z, 3)`` displacement in LPS mm at every fixed voxel (a float32 C-order
+            array is written without a copy).
+        affine: the fixed image's affine (voxel -> RAS mm).
+    """
+    import nibabel as nib
+
+    disp = np.asarray(disp_lps, dtype=np.float32)
+    if disp.ndim != 4 or disp.shape[-1] != 3:
+        raise ValueError(f"disp_lps must be (X, Y, Z, 3), got {disp.shape}")
+    img = nib.Nifti1Image(disp.reshape(*disp.shape[:3], 1, 3), np.asarray(affine, dtype=np.float64))
     img.header.set_intent(1007, (), "")
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
@@ -323,3 +351,115 @@ def atomic_write_json(path, obj) -> None:
     """Write JSON through :func:`atomic_write` so a killed job leaves no half-written file."""
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
+
+
+# ---------------------------------------------------------------------------------------------
+# scans in any format (register-images)
+# ---------------------------------------------------------------------------------------------
+
+#: files read with nibabel (as every stage of the workflow does); anything else, and DICOM
+#: folders, with SimpleITK
+NIFTI_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".img", ".img.gz")
+_SCAN_SUFFIXES = NIFTI_SUFFIXES + (".mha", ".mhd", ".nrrd", ".nhdr", ".dcm", ".mgz", ".mgh")
+
+
+def scan_stem(path) -> str:
+    """File name without its image suffix (``a/b.nii.gz`` -> ``b``); a folder's own name."""
+    name = Path(path).name
+    for suf in _SCAN_SUFFIXES:
+        if name.lower().endswith(suf) and len(name) > len(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def sitk_ras_affine(img) -> np.ndarray:
+    """4x4 voxel -> RAS mm affine of a 3-D SimpleITK image (ITK is LPS:
+    ``diag(-1, -1, 1) @ [direction @ diag(spacing) | origin]``), for the array transposed to
+    ``(x, y, z)`` index order."""
+    d = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    aff = np.eye(4)
+    aff[:3, :3] = d @ np.diag(img.GetSpacing())
+    aff[:3, 3] = img.GetOrigin()
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
+
+
+def _check_scan_shape(path, shape, what="image"):
+    """One clear error for anything that is not a single 3-D volume."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) < 3 or (len(shape) == 3 and min(shape) == 1):
+        raise InputError(f"{path}: a 2-D {what} (shape {shape}); registration needs a 3-D volume")
+    if len(shape) == 4:
+        raise InputError(f"{path}: a 4-D series of {shape[3]} volumes (shape {shape}); pass one "
+                         f"3-D volume (e.g. extract a time point or phase first)")
+    if len(shape) != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {shape}")
+    return shape
+
+
+def read_scan(path, *, labels: bool = False):
+    """Read one 3-D scan: NIfTI/Analyze with nibabel (the reader of every workflow stage);
+    MetaImage, NRRD, MGH and a DICOM series (a folder holding one series) with SimpleITK.
+
+    Args:
+        path: file or DICOM folder.
+        labels: a label map: integer values are required (an integer dtype is kept, float
+            labels become int32); otherwise float32.
+
+    Returns:
+        ``(array (X, Y, Z), affine 4x4 voxel -> RAS mm)``; array axis ``k`` is ITK index ``k``.
+
+    Raises:
+        InputError: missing/unreadable, 2-D, a 4-D series, multi-component (RGB/vector) pixels,
+            NaN/Inf voxels, non-integer labels, a folder with no or several DICOM series.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        try:
+            shape = nib.load(str(path)).shape
+        except Exception as exc:
+            raise InputError(f"{path}: cannot read volume ({type(exc).__name__}: {exc})") from exc
+        _check_scan_shape(path, shape, "label map" if labels else "image")
+        data, affine = load_volume(path, dtype=None)
+    else:
+        import SimpleITK as sitk
+
+        try:
+            if path.is_dir():
+                ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+                if not ids:
+                    raise InputError(f"{path}: folder holds no DICOM series")
+                if len(ids) > 1:
+                    raise InputError(f"{path}: folder holds {len(ids)} DICOM series "
+                                     f"({', '.join(ids)}); put one series per folder")
+                reader = sitk.ImageSeriesReader()
+                reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0]))
+                img = reader.Execute()
+            else:
+                img = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InputError(f"{path}: cannot read volume ({exc})") from exc
+        if img.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError(f"{path}: {img.GetNumberOfComponentsPerPixel()} components per "
+                             f"voxel (RGB or vector image); registration needs a scalar volume")
+        _check_scan_shape(path, img.GetSize(), "label map" if labels else "image")
+        if img.GetDimension() == 4:  # (X, Y, Z, 1)
+            img = img[:, :, :, 0]
+        data = np.ascontiguousarray(sitk.GetArrayFromImage(img).transpose(2, 1, 0))
+        affine = sitk_ras_affine(img)
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        n = int((~np.isfinite(data)).sum())
+        raise InputError(f"{path}: {n} voxels are NaN or Inf")
+    if labels:
+        if np.issubdtype(data.dtype, np.floating):
+            r = np.rint(data)
+            if np.abs(data - r).max() > 1e-3:
+                raise InputError(f"{path}: label map has non-integer values")
+            data = r.astype(np.int32)
+        return data, affine
+    return data.astype(np.float32, copy=False), affine

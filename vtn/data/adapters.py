@@ -26,6 +26,10 @@ absent). Files that nibabel cannot read (MetaImage, HDF5) are converted into the
   ``<sid>_seg.nii.gz`` and ``<sid>_landmarks.csv`` (names ``L1``…``L6`` by row, RAS mm through the
   affine: identity unless ``--affine`` gives a 4x4 text file). Subject = file stem + group path.
 * ``table`` — an existing ``subjects.csv`` (``P``); paths are resolved and checked.
+* ``learn2reg`` — a Learn2Reg task folder (``P``) with its ``<TASK>_dataset.json``
+  (:mod:`vtn.data.learn2reg`): images, label maps, keypoints (voxel CSVs, converted to
+  ``<sid>_landmarks.csv`` in RAS mm); ``--pairs-out`` writes its pair lists as
+  ``fixed,moving,split``.
 
 ``--landmarks-dir D``: user landmark CSVs ``name,x,y,z`` (RAS mm) named ``<subject>.csv`` or
 ``<subject>_landmarks.csv``; they take precedence over landmarks found in the dataset.
@@ -40,11 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vtn.io import InputError, atomic_write, read_subjects
+from vtn.io import InputError, atomic_write, read_subjects, sitk_ras_affine
 
 __all__ = ["LAYOUTS", "import_dataset", "sitk_to_nifti", "cli"]
 
-LAYOUTS = ("lits", "sliver07", "lpba40", "t1_folder", "hdf5", "table")
+LAYOUTS = ("lits", "sliver07", "lpba40", "t1_folder", "hdf5", "table", "learn2reg")
 
 _VOL_EXTS = (".hdr", ".img", ".img.gz", ".nii", ".nii.gz")
 
@@ -84,11 +88,7 @@ def sitk_to_nifti(src, dst, label=False):
         img = sitk.Cast(img, sitk.sitkInt16)
     with atomic_write(dst) as tmp:
         sitk.WriteImage(img, str(tmp))
-    d = np.array(img.GetDirection()).reshape(3, 3)
-    aff = np.eye(4)
-    aff[:3, :3] = d @ np.diag(img.GetSpacing())
-    aff[:3, 3] = img.GetOrigin()
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
+    return sitk_ras_affine(img)
 
 
 def _require_dir(layout, path):
@@ -171,9 +171,8 @@ def _t1_folder(path):
 
 def _hdf5(path, outdir, affine):
     import h5py
-    import pandas as pd
 
-    from vtn.io import save_volume
+    from vtn.io import save_raw_landmarks, save_volume
 
     files = [path] if path.is_file() else sorted(list(path.rglob("*.h5")) + list(path.rglob("*.hdf5")))
     rows = []
@@ -215,9 +214,7 @@ def _hdf5(path, outdir, affine):
                         names = [f"L{i + 1}" for i in np.nonzero(keep)[0]]
                         mm = (affine @ np.c_[pts[keep], np.ones(keep.sum())].T).T[:, :3]
                         lm = outdir / f"{sid}_landmarks.csv"
-                        with atomic_write(lm) as tmp:
-                            pd.DataFrame({"name": names, "x": mm[:, 0], "y": mm[:, 1], "z": mm[:, 2]}).to_csv(
-                                tmp, index=False, float_format="%.6f")
+                        save_raw_landmarks(lm, names, mm)
                 rows.append({"subject": sid, "image": img, "seg": seg, "landmarks": lm})
     return rows
 
@@ -231,7 +228,8 @@ def _table(path):
     return rows
 
 
-def import_dataset(layout, path, out, landmarks_dir=None, affine=None):
+def import_dataset(layout, path, out, landmarks_dir=None, affine=None, pairs_out=None,
+                   subset="all", log=None):
     """List (and where needed convert) a dataset as a raw ``subjects.csv``.
 
     Args:
@@ -240,6 +238,9 @@ def import_dataset(layout, path, out, landmarks_dir=None, affine=None):
         out: the ``subjects.csv`` to write; conversions go to its folder.
         landmarks_dir: optional folder of user landmark CSVs (``name,x,y,z`` RAS mm).
         affine: 4x4 voxel -> RAS mm for HDF5 volumes (default identity).
+        pairs_out: ``learn2reg`` only: write the task's pairs (``fixed,moving,split``) here.
+        subset: ``learn2reg`` only: ``all``, ``train``, ``val`` or ``test`` images.
+        log: optional ``callable(str)`` for notes.
 
     Returns:
         list of row dicts (absolute paths).
@@ -251,9 +252,13 @@ def import_dataset(layout, path, out, landmarks_dir=None, affine=None):
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     path = _require_dir(layout, path)
+    if layout != "learn2reg" and (pairs_out is not None or subset != "all"):
+        raise InputError(f"layout {layout} defines no registration pairs or subsets "
+                         f"(--pairs-out and --subset are for learn2reg)")
     out = Path(out)
     outdir = out.parent
     outdir.mkdir(parents=True, exist_ok=True)
+    pairs = None
     if layout == "lits":
         rows = _lits(path)
     elif layout == "sliver07":
@@ -267,6 +272,10 @@ def import_dataset(layout, path, out, landmarks_dir=None, affine=None):
         if aff.shape != (4, 4):
             raise InputError(f"HDF5 affine must be 4x4, got {aff.shape}")
         rows = _hdf5(path, outdir, aff)
+    elif layout == "learn2reg":
+        from vtn.data.learn2reg import import_learn2reg
+
+        rows, pairs = import_learn2reg(path, outdir, subset=subset, log=log)
     else:
         rows = _table(path)
     if not rows:
@@ -290,6 +299,9 @@ def import_dataset(layout, path, out, landmarks_dir=None, affine=None):
              for r in rows]
     with atomic_write(out) as tmp:
         pd.DataFrame(table, columns=["subject", "image", "seg", "landmarks"]).to_csv(tmp, index=False)
+    if pairs_out is not None:
+        with atomic_write(pairs_out) as tmp:
+            pd.DataFrame(pairs, columns=["fixed", "moving", "split"]).to_csv(tmp, index=False)
     return table
 
 
@@ -301,6 +313,11 @@ def cli(argv=None) -> int:
     p.add_argument("--out", required=True, help="raw subjects.csv to write")
     p.add_argument("--landmarks-dir", default=None, help="folder of <subject>.csv landmark files (name,x,y,z mm)")
     p.add_argument("--affine", default=None, help="4x4 text file: voxel -> RAS mm of HDF5 volumes (default identity)")
+    p.add_argument("--pairs-out", default=None,
+                   help="learn2reg: write the task's registration pairs (fixed,moving,split) here")
+    p.add_argument("--subset", default="all", choices=["all", "train", "val", "test"],
+                   help="learn2reg: training images outside the val/test pairs (train), the "
+                        "registration_val images (val), the test images (test), or all")
     a = p.parse_args(argv)
     try:
         aff = None
@@ -309,7 +326,9 @@ def cli(argv=None) -> int:
                 aff = np.loadtxt(a.affine).reshape(4, 4)
             except (OSError, ValueError) as exc:
                 raise InputError(f"{a.affine}: cannot read a 4x4 affine ({exc})") from exc
-        rows = import_dataset(a.layout, a.path, a.out, landmarks_dir=a.landmarks_dir, affine=aff)
+        rows = import_dataset(a.layout, a.path, a.out, landmarks_dir=a.landmarks_dir, affine=aff,
+                              pairs_out=a.pairs_out, subset=a.subset,
+                              log=lambda s: print(s, file=sys.stderr))
     except InputError as exc:
         print(f"vtn import: error: {exc}", file=sys.stderr)
         return 1

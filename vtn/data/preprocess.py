@@ -66,6 +66,7 @@ __all__ = [
     "liver_window",
     "robust_minmax",
     "match_histogram",
+    "matched_image",
     "world_to_voxel",
     "load_raw_subject",
     "preprocess_subject",
@@ -299,6 +300,13 @@ def match_histogram(image, reference, levels=HIST_LEVELS, match_points=HIST_MATC
     return sitk.GetArrayFromImage(f.Execute(src, ref)).astype(np.float32)
 
 
+def matched_image(image, reference, levels=HIST_LEVELS, match_points=HIST_MATCH_POINTS,
+                  threshold_at_mean=HIST_THRESHOLD_AT_MEAN):
+    """Step 6 as written to ``prep/``: :func:`match_histogram` clipped to [0, 1], float32."""
+    out = match_histogram(image, reference, levels, match_points, threshold_at_mean)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # landmarks
 # --------------------------------------------------------------------------------------------
@@ -475,6 +483,7 @@ def preprocess_subject(image, organ, size, seg=None, landmarks=None, liver_label
         "crop_box": {"lo": lo.tolist(), "hi": hi.tolist(),
                      "space": "canonical (RAS+) voxel indices, inclusive"},
         "box_source": box_source,
+        "median_radius": int(median_radius),
         "liver_label": liver_label if organ == "liver" else None,
         "seg_output": seg_output,
         "prep_to_raw": prep_to_raw.tolist(),
@@ -559,7 +568,7 @@ def preprocess_dataset(subjects, organ, size, reference, out, reference_seg=None
             res = preprocess_subject(row["image"], organ, size, seg=row["seg"], landmarks=row["landmarks"],
                                      liver_label=liver_label, median_radius=median_radius,
                                      seg_output=seg_output, outside_crop=outside_crop)
-            matched = np.clip(match_histogram(res.image, ref_img), 0.0, 1.0).astype(np.float32)
+            matched = matched_image(res.image, ref_img)
             save_volume(out / f"{sid}_image.nii.gz", matched, res.affine)
             rec = {"subject": sid, "image": f"{sid}_image.nii.gz", "seg": "", "landmarks": ""}
             if res.seg is not None:
