@@ -65,13 +65,6 @@ def _cfg(**kw):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_learning_rate_schedule_exact():
-    assert [T.learning_rate(e, 1e-4, 4) for e in range(7)] == [
-        1e-4, 1e-4, 1e-4, 1e-4, 5e-5, 2.5e-5, 1.25e-5]
-    assert T.learning_rate(0, 2e-3, 0) == 1e-3
-    assert T.learning_rate(3, 1.0, 2) == 0.25
-
-
 def test_config_validation(tmp_path):
     cfg = T.load_config({"cascade": "ADDD", "lr": 1})
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
@@ -161,6 +154,32 @@ def test_lr_schedule_in_run(tmp_path):
     log = pd.read_csv(tmp_path / "log.csv")
     assert log["lr"].tolist() == [1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5]
     assert log["epoch"].tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("reference", [1e-4, 1e-4, 1e-4, 5e-5, 2.5e-5]),   # the authors' code: halved from epoch 3
+    ("paper_text", [1e-4, 1e-4, 1e-4, 1e-4, 5e-5]),   # "halves every epoch after the 4th"
+])
+def test_lr_schedule_readings_in_run(tmp_path, schedule, expected):
+    csv = make_subjects(tmp_path / "data", n=3)
+    T.train([csv], _cfg(cascade="D", epochs=5, iterations=1, lr_schedule=schedule,
+                        checkpoint_every=10, augment=False),
+            tmp_path / "c.pt", tmp_path / "log.csv", device="cpu")
+    assert pd.read_csv(tmp_path / "log.csv")["lr"].tolist() == expected
+
+
+def test_inv_reverse_terms_reach_the_loss(tmp_path):
+    csv = make_subjects(tmp_path / "data", n=3)
+    cols = {}
+    for terms in ("inv_only", "all"):
+        T.train([csv], _cfg(cascade="AD", epochs=1, iterations=1, inv_weight=1e-3,
+                            inv_reverse_terms=terms, checkpoint_every=10, augment=False),
+                tmp_path / terms / "c.pt", tmp_path / terms / "log.csv", device="cpu")
+        cols[terms] = set(pd.read_csv(tmp_path / terms / "log.csv").columns)
+    assert "inv" in cols["inv_only"] and not any(c.endswith("_rev") for c in cols["inv_only"])
+    assert any(c.endswith("_rev") for c in cols["all"])
+    with pytest.raises(InputError, match="inv_reverse_terms"):
+        T.load_config(_cfg(inv_reverse_terms="both"))
 
 
 def test_exact_resume(tmp_path, monkeypatch):

@@ -22,9 +22,9 @@ from pathlib import Path
 from vtn.modelspec import VOXELMORPH2_DEC_NF, VOXELMORPH2_ENC_NF
 from vtn.train.config import resolve_augment
 
-__all__ = ["STAR", "BASELINE_TOOLS", "ConfigError", "check", "models", "baselines", "methods",
-           "model_config", "data_source", "spec", "test_pairs", "liver_label", "has_star",
-           "supervised_dataset"]
+__all__ = ["STAR", "BASELINE_TOOLS", "PAPER_RECIPE", "ConfigError", "check", "models",
+           "baselines", "methods", "model_config", "recipe_departures", "data_source", "spec",
+           "test_pairs", "liver_label", "has_star", "supervised_dataset"]
 
 STAR = "\u2605"  # the paper's mark of ANTs-pre-aligned methods
 BASELINE_TOOLS = {"ants": "ANTs", "elastix": "Elastix"}  # tool -> display name
@@ -100,7 +100,9 @@ def models(config: dict, study: str) -> dict:
 
     A description has ``type`` (``"vtn"`` | ``"voxelmorph2"``), ``cascade``, ``inv``,
     ``supervised``, ``star`` (trained and tested on ANTs-pre-aligned images), ``train`` (the
-    training datasets), ``display`` and, for the data-amount variants, ``data_label``.
+    training datasets), ``display``, ``ablation`` (a variant reported in the notes only, not in
+    the claims) and, for the data-amount variants, ``data_label``; the "+ inv" ablation also
+    ``inv_reverse_terms``.
     """
     s = config["studies"][study]
     main = s["main"]
@@ -108,7 +110,7 @@ def models(config: dict, study: str) -> dict:
 
     def add(name, **kw):
         d = dict(type="vtn", cascade=main, inv=False, supervised=False, star=False,
-                 train=list(s["train"]), display=f"VTN {name}")
+                 ablation=False, train=list(s["train"]), display=f"VTN {name}")
         d.update(kw)
         out[name] = d
 
@@ -116,6 +118,10 @@ def models(config: dict, study: str) -> dict:
         add(spec_, cascade=spec_, display=f"VTN {spec_}")
     if s.get("inv"):
         add(f"{main}-inv", inv=True, display=f"VTN {main} + inv")
+    if s.get("inv_ablation"):
+        # the reverse run also trains on its own terms (not eq. 12 alone): Table II's notes
+        add(f"{main}-inv-all", inv=True, inv_reverse_terms="all", ablation=True,
+            display=f"VTN {main} + inv (reverse run with all terms)")
     if s.get("supervised"):
         add("supervised", supervised=True, display="supervised")
     for spec_ in s.get("star_cascades") or []:
@@ -161,7 +167,7 @@ def model_config(config: dict, study: str, model: str) -> dict:
         "iterations": train["iterations"],
         "batch": train["batch"],
         "lr": train["lr"],
-        "lr_halve_after": train["lr_halve_after"],
+        "lr_schedule": train["lr_schedule"],
         "seed": train["seed"],
         "augment": resolve_augment(train["augment"], m["supervised"]),
         "checkpoint_every": train["checkpoint_every"],
@@ -169,6 +175,8 @@ def model_config(config: dict, study: str, model: str) -> dict:
         "supervised": m["supervised"],
         "fast": train["fast"],
     }
+    if m.get("inv_reverse_terms"):
+        cfg["inv_reverse_terms"] = m["inv_reverse_terms"]
     weights = (train.get("loss_weights") or {}).get(m["cascade"])
     if weights and m["type"] == "vtn":
         cfg["loss_weights"] = weights
@@ -177,7 +185,7 @@ def model_config(config: dict, study: str, model: str) -> dict:
     if m["type"] == "vtn" and train["flow_init_scale"] != 1.0:
         cfg["flow_init_scale"] = train["flow_init_scale"]
     if m["type"] == "voxelmorph2":
-        cfg.update(batch=vxm["batch"], iterations=vxm["iterations"], epochs=1,
+        cfg.update(batch=vxm["batch"], iterations=vxm["iterations"], epochs=vxm["epochs"],
                    reg_weight=vxm["reg_weight"], lr=vxm["lr"])
     return cfg
 
@@ -230,12 +238,40 @@ def data_source(config: dict, study: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+#: the paper's recipe (Sec. V-A; VoxelMorph-2: batch 4, 5,000 iterations, the CVPR 2018 loss),
+#: as (config section, key) -> value; the study config's departures from it are named in every
+#: table's notes (:func:`recipe_departures`)
+PAPER_RECIPE = {
+    (None, "image_size"): 128,
+    ("training", "epochs"): 5, ("training", "iterations"): 20000, ("training", "batch"): 8,
+    ("training", "lr"): 1e-4, ("training", "lr_schedule"): "reference",
+    ("training", "augment"): True, ("training", "flow_init_scale"): 1.0,
+    ("training", "inv_weight"): 1e-3,
+    ("voxelmorph", "batch"): 4, ("voxelmorph", "epochs"): 1, ("voxelmorph", "iterations"): 5000,
+    ("voxelmorph", "lr"): 1e-4, ("voxelmorph", "reg_weight"): 1.0,
+}
+
+
+def recipe_departures(config: dict) -> list:
+    """Every key of the study config that departs from the paper's recipe (:data:`PAPER_RECIPE`),
+    as ``"training.lr = 0.001 (paper: 0.0001)"``."""
+    out = []
+    for (section, key), paper in PAPER_RECIPE.items():
+        value = config[key] if section is None else config[section][key]
+        if value != paper:
+            name = key if section is None else f"{section}.{key}"
+            out.append(f"{name} = {value:g} (paper: {paper:g})"
+                       if isinstance(value, (int, float)) and not isinstance(value, bool)
+                       else f"{name} = {value} (paper: {paper})")
+    return out
+
+
 def _voxelmorph_note(m: dict, vxm: dict) -> str:
     return (f"{m['display']}: our PyTorch re-implementation of the CVPR 2018 recipe "
             f"(VoxelMorph-2 U-Net, encoder {'-'.join(map(str, VOXELMORPH2_ENC_NF))}, decoder "
             f"{'-'.join(map(str, VOXELMORPH2_DEC_NF))}, "
             f"local NCC 9^3 + {vxm['reg_weight']} x gradient-L2 loss, Adam lr {vxm['lr']}, "
-            f"batch {vxm['batch']}, {vxm['iterations']} iterations)"
+            f"batch {vxm['batch']}, {vxm['epochs']} x {vxm['iterations']} iterations)"
             + (", on ANTs-pre-aligned images" if m["star"] else "") + ".")
 
 
@@ -253,7 +289,8 @@ def spec(config: dict, study: str, prealign_subjects: str | None = None) -> dict
     main = s["main"]
     methods_ = {}
     for name, m in ms.items():
-        methods_[name] = {k: m[k] for k in ("display", "cascade", "inv", "star", "train", "type")}
+        methods_[name] = {k: m[k] for k in ("display", "cascade", "inv", "star", "train", "type",
+                                            "ablation")}
         methods_[name]["kind"] = "vtn" if m["type"] == "vtn" else "voxelmorph"
     for tool, preset in bl.items():
         methods_[tool] = {"display": BASELINE_TOOLS[tool], "kind": "baseline", "preset": preset}
@@ -262,7 +299,8 @@ def spec(config: dict, study: str, prealign_subjects: str | None = None) -> dict
     plain = [n for n, m in ms.items()
              if m["type"] == "vtn" and not (m["inv"] or m["supervised"] or m["star"]
                                             or "data_label" in m)]
-    inv = [n for n, m in ms.items() if m["inv"]]
+    inv = [n for n, m in ms.items() if m["inv"] and not m["ablation"]]
+    ablation = [n for n, m in ms.items() if m["ablation"]]
     sup = [n for n, m in ms.items() if m["supervised"]]
     cascades = stars + [n for n in plain if n in (s.get("cascades") or []) or n == main]
     data_amount = [{"label": m["data_label"], "method": n} for n, m in ms.items()
@@ -286,8 +324,12 @@ def spec(config: dict, study: str, prealign_subjects: str | None = None) -> dict
     notes = [_voxelmorph_note(ms[n], config["voxelmorph"]) for n in vxm]
     for tool, preset in bl.items():
         if preset != "paper":
-            notes.append(f"{BASELINE_TOOLS[tool]}: preset '{preset}' (fewer iterations than the "
-                         "paper's command).")
+            notes.append(f"{BASELINE_TOOLS[tool]}: preset '{preset}' (not the paper's command; "
+                         "see docs/reproduction.md).")
+    departures = recipe_departures(config)
+    if departures:
+        notes.append("Departures from the paper's training recipe (config keys, "
+                     "config/README.md): " + "; ".join(departures) + ".")
     return {
         "study": study,
         "organ": s["organ"],
@@ -303,6 +345,7 @@ def spec(config: dict, study: str, prealign_subjects: str | None = None) -> dict
             "smoothness": list(bl) + [main] + inv,
             "data_amount": data_amount,
             "cascades": cascades,
+            "ablation": [{"method": n, "versus": inv[0] if inv else main} for n in ablation],
         },
         "comparisons": comparisons,
         "method_notes": notes,

@@ -90,7 +90,8 @@ def find_method(spec, cascade=None, inv=False, star=False, kind="vtn", exclude=(
     subset = {e["method"] for e in t.get("data_amount", [])[:-1]}
     for name in dict.fromkeys(n for n in order if n):
         e = methods.get(name, {})
-        if name in exclude or name in subset or "supervised" in name.lower():
+        if (name in exclude or name in subset or "supervised" in name.lower()
+                or e.get("ablation")):
             continue
         if kind and e.get("kind", "vtn") != kind:
             continue

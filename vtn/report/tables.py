@@ -550,17 +550,46 @@ def _n_pairs(metrics, names) -> int | None:
     return max(ns) if ns else None
 
 
-def make_tables(spec, metrics_dir, out_dir) -> dict:
-    """Build and write every table of a study; returns ``{stem: [paths]}`` plus ``notes``."""
+def ablation_note(spec, metrics) -> str:
+    """One sentence per ablation model of the spec (``tables.ablation``: a variant reported in
+    the notes, e.g. "+ inv" whose reverse run adds all its terms) against the model it varies."""
+    out = []
+    for e in spec["tables"].get("ablation", []):
+        a, b = e["method"], e["versus"]
+        if a not in metrics:
+            continue
+        cells = []
+        for metric in ("iou", "lm_dist_vox", "folding_pct"):
+            m, sd, _ = summarise(metrics[a][metric]) if metric in metrics[a] else (None,) * 3
+            cell = f"{METRIC_NAMES[metric]} {fmt(m, sd, DIGITS[metric])}"
+            if b in metrics and metric in metrics[b]:
+                mb, sb, _ = summarise(metrics[b][metric])
+                cell += f" vs {fmt(mb, sb, DIGITS[metric])}"
+            cells.append(cell)
+        out.append(f"Ablation (not a paper row): {_display(spec, a)} vs {_display(spec, b)}: "
+                   + ", ".join(cells) + ".")
+    return " ".join(out)
+
+
+def make_tables(spec, metrics_dir, out_dir, train_logs=None) -> dict:
+    """Build and write every table of a study; returns ``{stem: [paths]}`` plus ``notes``.
+
+    Args:
+        train_logs: ``train_log.csv`` of each trained model (the model is the log's folder
+            name): the plateau check of :mod:`vtn.report.convergence` goes into every table's
+            notes and into ``convergence.{csv,md,tex}``.
+    """
+    from vtn.report import convergence
+
     organ = spec["organ"]
     t = spec["tables"]
     names = set(t.get("methods", [])) | set(t.get("smoothness", [])) | set(t.get("cascades", []))
     names |= {e["method"] for e in t.get("data_amount", [])}
+    names |= {e["method"] for e in t.get("ablation", [])}
     for comp in spec.get("comparisons", []):
         names |= {comp["a"], comp["b"]}
     ordered = [n for n in spec["methods"] if n in names] + sorted(names - set(spec["methods"]))
     metrics, extra, notes = load_metrics(metrics_dir, ordered)
-    written = {}
     roman = ROMAN[organ]
     star_note = ""
     if any(spec["methods"].get(n, {}).get("star") for n in metrics):
@@ -574,6 +603,21 @@ def make_tables(spec, metrics_dir, out_dir) -> dict:
     method_notes = " ".join(spec.get("method_notes", []))
     if method_notes:
         star_note = (star_note + " " + method_notes).strip()
+    written = {}
+    if train_logs:
+        curves = convergence.check_logs({Path(p).parent.name: p for p in train_logs})
+        star_note = (star_note + " " + convergence.summary_line(curves)).strip()
+        disp = curves.assign(drop_pct=curves["drop_pct"].map(lambda v: f"{v:.2f}"),
+                             loss_prev=curves["loss_prev"].map(lambda v: f"{v:.4f}"),
+                             loss_end=curves["loss_end"].map(lambda v: f"{v:.4f}"))
+        disp.columns = ["Model", "Steps", "Smoothed loss at 90 %", "Smoothed loss at 100 %",
+                        "Drop over the last 10 % (%)", "Flat (< 2 %)"]
+        cap = (f"Training curves ({_who(spec)}): the smoothed training loss (mean over windows "
+               f"of 10 % of the steps) at 90 % and at 100 % of each model's steps; a curve is "
+               f"at its plateau when the drop is below 2 %. Data: "
+               f"{spec.get('data_source') or 'data source not stated'}.")
+        written["convergence"] = write_table(out_dir, "convergence", curves, disp, cap,
+                                             convergence.summary_line(curves))
 
     lw = spec.get("loss_weights") or {}
     if organ == "liver" and lw or any(v is not None for v in lw.values()):
@@ -611,7 +655,8 @@ def make_tables(spec, metrics_dir, out_dir) -> dict:
         if len(num) == 0:
             notes.append(f"Table {r} ({key}): no method with metrics - not written")
             continue
-        note = " ".join(x for x in (defs.get(key, ""), star_note) if x)
+        extra_note = ablation_note(spec, metrics) if key == "methods" else ""
+        note = " ".join(x for x in (defs.get(key, ""), extra_note, star_note) if x)
         written[stem] = write_table(out_dir, stem, num, disp, _caption(spec, r, title, n), note)
     num, disp = extra_measures_table(spec, metrics)
     if len(num):
@@ -642,6 +687,9 @@ def _parser():
     p.add_argument("--spec", required=True, help="study.json")
     p.add_argument("--metrics", required=True, nargs="+",
                    help="<method>.csv files from vtn evaluate (or their folder)")
+    p.add_argument("--train-logs", nargs="*", default=[],
+                   help="train_log.csv of each trained model (<model>/train_log.csv): the "
+                        "plateau check of the training curves")
     p.add_argument("--out", required=True, help="output folder")
     return p
 
@@ -650,7 +698,7 @@ def cli(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         spec = load_spec(args.spec)
-        written = make_tables(spec, args.metrics, args.out)
+        written = make_tables(spec, args.metrics, args.out, args.train_logs)
     except InputError as exc:
         print(f"vtn tables: {exc}", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ _HOME = {
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "latest_checkpoint": "checkpoint",
     "PairSchedule": "data",
-    "NonFiniteLossError": "loop", "learning_rate": "loop", "build_from_config": "loop",
+    "NonFiniteLossError": "loop", "build_from_config": "loop",
     "train": "loop", "cli": "loop",
 }
 

@@ -25,13 +25,14 @@ RESUME_FREE = frozenset({"name", "epochs", "checkpoint_every", "keep_checkpoints
                          "sync_every", "fast", "compile"})
 
 
-def _key(default, types, help, minimum=None, exclusive_minimum=None, study=None):
+def _key(default, types, help, minimum=None, exclusive_minimum=None, study=None, choices=None):
     """A config key: ``types`` accepted (an int is stored as a float where float is accepted and
-    str is not), bounds, help text; ``study``: how the key appears in the study config's
-    ``training`` section (a dict of schema overrides, e.g. another default), or None."""
+    str is not), bounds, allowed values (``choices``), help text; ``study``: how the key appears
+    in the study config's ``training`` section (a dict of schema overrides, e.g. another
+    default), or None."""
     return field(default=default, metadata={
         "types": types, "help": help, "minimum": minimum,
-        "exclusive_minimum": exclusive_minimum, "study": study})
+        "exclusive_minimum": exclusive_minimum, "study": study, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,13 @@ class TrainConfig:
     iterations: int = _key(20000, (int,), "optimisation steps per epoch", minimum=1, study={})
     batch: int = _key(8, (int,), "image pairs per step", minimum=1, study={})
     lr: float = _key(1e-4, (float, int), "Adam learning rate", exclusive_minimum=0, study={})
-    lr_halve_after: int = _key(4, (int,), "epoch index e >= this: lr * 0.5 ** (e - "
-                               "lr_halve_after + 1)", minimum=0, study={})
+    lr_schedule: str = _key("reference", (str,), "reading of 'halves every epoch after the "
+                            "4th' (vtn.schedule): 'reference' (the authors' code: halved from "
+                            "epoch index 3 on) or 'paper_text' (from epoch index 4 on)",
+                            choices=("reference", "paper_text"),
+                            study={"description": True})
+    lr_halve_after: int | None = _key(None, (int,), "override of the schedule's first halved "
+                                      "epoch index (None: the schedule's)", minimum=0)
     seed: int = _key(0, (int,), "seed of every random choice", study={})
     augment: bool = _key(True, (bool,), "random B-spline augmentation of the moving image "
                          "(never with supervised: true)", study={})
@@ -55,6 +61,10 @@ class TrainConfig:
                              minimum=0, study={
                                  "default": 1.0e-3, "description": "weight of the invertibility "
                                  "loss of the '+ inv' variants (the other models train with 0)"})
+    inv_reverse_terms: str = _key("inv_only", (str,), "what the reverse run of '+ inv' adds: "
+                                  "'inv_only' (only the invertibility term, eq. 12) or 'all' "
+                                  "(also its own similarity/TV/det/ortho terms)",
+                                  choices=("inv_only", "all"))
     loss_weights: list | None = _key(None, (list,), "per-subnet dicts (vtn.losses."
                                      "default_weights format)", study={"schema": {
                                          "description": "per-cascade override of Table I, e.g. "
@@ -175,6 +185,9 @@ def _checked(source: str, key: str, val, meta):
                          f"{val!r}")
     if float in ok and isinstance(val, int) and str not in ok:
         val = float(val)
+    if meta["choices"] is not None and val not in meta["choices"]:
+        raise InputError(f"{source}: key {key!r} must be one of {list(meta['choices'])}, "
+                         f"got {val!r}")
     if meta["minimum"] is not None and val < meta["minimum"]:
         raise InputError(f"{source}: key {key!r} must be >= {meta['minimum']}, got {val}")
     if meta["exclusive_minimum"] is not None and val <= meta["exclusive_minimum"]:
@@ -232,6 +245,8 @@ def study_schema() -> dict:
             entry["description"] = (f.metadata["help"] if study["description"] is True
                                     else study["description"])
         entry["type"] = _JSON_TYPE[f.metadata["types"][0]]
+        if f.metadata["choices"] is not None:
+            entry["enum"] = list(f.metadata["choices"])
         if f.metadata["minimum"] is not None:
             entry["minimum"] = f.metadata["minimum"]
         if f.metadata["exclusive_minimum"] is not None:

@@ -2,8 +2,8 @@
 
 Recipe (paper Sec. V-A, reference-facts §5): Adam (beta 0.9/0.999, eps 1e-8), batches of image
 pairs drawn from all ordered pairs ``(i, j), i != j`` of the training subjects (one shuffled list
-per pass), learning rate ``lr`` halving every epoch after the ``lr_halve_after``-th
-(:func:`learning_rate`), random B-spline augmentation of the moving image (:mod:`vtn.augment`),
+per pass), learning rate ``lr`` halving every epoch from the schedule's first halved epoch on
+(:func:`vtn.schedule.learning_rate`, reading ``lr_schedule``), random B-spline augmentation of the moving image (:mod:`vtn.augment`),
 the VTN loss of :mod:`vtn.losses` (``+inv`` variants: the model also runs on the swapped pair and
 the invertibility term compares both flows).
 
@@ -34,28 +34,17 @@ import torch
 
 from vtn.device import resolve_device, to_device
 from vtn.io import InputError, atomic_write
+from vtn.schedule import learning_rate
 from vtn.train.checkpoint import (latest_checkpoint, load_checkpoint, make_checkpoint,
                                   periodic_path, prune, save_checkpoint, set_rng_state)
 from vtn.train.config import RESUME_FREE, TrainConfig, load_config
 from vtn.train.data import PairSchedule, augment_generator, load_subjects, load_targets
 
-__all__ = ["NonFiniteLossError", "learning_rate", "build_from_config", "CsvLog", "train", "cli"]
+__all__ = ["NonFiniteLossError", "build_from_config", "CsvLog", "train", "cli"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/Inf; the message names the step, the terms and the last checkpoint."""
-
-
-def learning_rate(epoch: int, base_lr: float, halve_after: int) -> float:
-    """Learning rate of epoch index ``epoch`` (0-based).
-
-    Constant ``base_lr`` for ``epoch < halve_after``, then halving every epoch:
-    ``base_lr * 0.5 ** (epoch - halve_after + 1)`` (paper: "halves every epoch after the 4th",
-    ``halve_after = 4``: epochs 0-3 at 1e-4, epoch 4 at 5e-5, epoch 5 at 2.5e-5).
-    """
-    if epoch < halve_after:
-        return float(base_lr)
-    return float(base_lr) * 0.5 ** (epoch - halve_after + 1)
 
 
 def build_from_config(cfg: TrainConfig):
@@ -78,7 +67,8 @@ def build_from_config(cfg: TrainConfig):
         return model, losses.VoxelMorphLoss(reg_weight=float(cfg.reg_weight))
     try:
         loss = losses.VTNLoss(cfg.cascade, weights=cfg.loss_weights,
-                              inv_weight=float(cfg.inv_weight))
+                              inv_weight=float(cfg.inv_weight),
+                              inv_reverse_terms=cfg.inv_reverse_terms)
     except ValueError as exc:
         raise InputError(f"config: bad loss settings: {exc}") from exc
     return model, loss
@@ -265,7 +255,7 @@ def _step(run: _Run, autocast) -> None:
     cfg = run.cfg
     t0 = time.perf_counter()
     epoch = run.step // cfg.iterations
-    lr = learning_rate(epoch, cfg.lr, cfg.lr_halve_after)
+    lr = learning_rate(epoch, cfg.lr, cfg.lr_schedule, cfg.lr_halve_after)
     for group in run.opt.param_groups:
         group["lr"] = lr
     fixed, moving, target = _batch(run)

@@ -33,6 +33,7 @@ rule tables:
     input:
         spec=spec_json("{study}"),
         metrics=lambda wc: study_metrics(wc.study),
+        logs=lambda wc: [model_file(wc.study, m, "train_log.csv") for m in MODELS[wc.study]],
         star_subjects=lambda wc: star_test_subjects(wc.study),
     output:
         report(
@@ -48,7 +49,8 @@ rule tables:
     conda:
         "../envs/vtn.yaml"
     shell:
-        "python -m vtn tables --spec {input.spec} --metrics {input.metrics} --out {output} > {log} 2>&1"
+        "python -m vtn tables --spec {input.spec} --metrics {input.metrics}"
+        " --train-logs {input.logs} --out {output} > {log} 2>&1"
 
 
 rule figures:
