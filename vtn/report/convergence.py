@@ -1,0 +1,155 @@
+"""Has each trained model reached the flat part of its training curve?
+
+Criterion (issue #11, "models at their plateau"): over the last 10 % of a model's optimisation
+steps the *smoothed* training loss drops by less than 2 %. The smoothed loss at a step is the mean
+of the logged ``total`` loss over the trailing window of ``window`` (10 %) of all steps, so
+
+    S_end  = mean(loss, steps in (0.9 T, T])
+    S_prev = mean(loss, steps in (0.8 T, 0.9 T])
+    drop   = (S_prev - S_end) / |S_prev|        (positive: still falling)
+
+and a curve is **flat** when ``drop < threshold`` (2 %). The windows are chosen by the ``step``
+column, so logs written every ``log_every`` steps work the same. A loss that *rises* over the
+last 10 % (negative drop) is flat by this test but reported with its sign.
+
+The VoxelMorph-2 loss (negative local NCC + gradient term) is negative: the relative drop uses
+``|S_prev|``, which keeps the sign convention (a falling loss is a positive drop).
+
+``vtn convergence --logs A/train_log.csv B/train_log.csv --names A B --out convergence.csv``
+writes one row per model (``model, steps, loss_prev, loss_end, drop_pct, flat``) and prints a
+one-line verdict; the tables and figures read the same function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+__all__ = ["WINDOW", "THRESHOLD", "plateau", "check_logs", "summary_line", "cli"]
+
+#: Fraction of the run's steps in each smoothing window (and the "last 10 %" of the criterion).
+WINDOW = 0.10
+#: Largest relative drop of the smoothed loss over the last window for a "flat" curve.
+THRESHOLD = 0.02
+
+
+def plateau(steps, losses, window: float = WINDOW, threshold: float = THRESHOLD) -> dict:
+    """Plateau statistic of one training curve.
+
+    Args:
+        steps: increasing optimisation steps of the logged rows (1-based, the last one is ``T``).
+        losses: the logged loss at those steps (same length).
+        window: fraction of ``T`` per smoothing window, in ``(0, 0.5]``.
+        threshold: largest relative drop of a flat curve.
+
+    Returns:
+        ``{"steps": T, "loss_prev": S_prev, "loss_end": S_end, "drop_pct": 100 * drop,
+        "flat": drop < threshold}``.
+
+    Raises:
+        ValueError: mismatched lengths, a bad ``window``, or a window without any logged row.
+    """
+    steps = [int(s) for s in steps]
+    losses = [float(v) for v in losses]
+    if len(steps) != len(losses):
+        raise ValueError(f"steps and losses differ in length ({len(steps)} vs {len(losses)})")
+    if not 0 < window <= 0.5:
+        raise ValueError(f"window must be in (0, 0.5], got {window}")
+    if not steps:
+        raise ValueError("steps: the training log has no rows")
+    total = max(steps)
+    cut_end = total * (1.0 - window)
+    cut_prev = total * (1.0 - 2.0 * window)
+    last = [v for s, v in zip(steps, losses) if s > cut_end]
+    prev = [v for s, v in zip(steps, losses) if cut_prev < s <= cut_end]
+    if not last or not prev:
+        raise ValueError(f"steps: no logged row in one of the last two {window:.0%} windows "
+                         f"of {total} steps")
+    s_end = sum(last) / len(last)
+    s_prev = sum(prev) / len(prev)
+    drop = (s_prev - s_end) / abs(s_prev) if s_prev != 0 else math.inf
+    return {"steps": total, "loss_prev": s_prev, "loss_end": s_end, "drop_pct": 100.0 * drop,
+            "flat": bool(drop < threshold)}
+
+
+def check_logs(logs: dict, window: float = WINDOW, threshold: float = THRESHOLD):
+    """Plateau rows of several models.
+
+    Args:
+        logs: model name -> path of its ``train_log.csv`` (``step`` and ``total`` columns).
+
+    Returns:
+        a DataFrame ``model, steps, loss_prev, loss_end, drop_pct, flat`` in the given order.
+
+    Raises:
+        vtn.io.InputError: a missing or malformed log (the message names the file).
+    """
+    import pandas as pd
+
+    from vtn.io import InputError
+
+    rows = []
+    for name, path in logs.items():
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: training log of {name} not found")
+        df = pd.read_csv(path)
+        if not {"step", "total"} <= set(df.columns):
+            raise InputError(f"{path}: needs columns 'step' and 'total', has {list(df.columns)}")
+        try:
+            res = plateau(df["step"], df["total"], window, threshold)
+        except ValueError as exc:
+            raise InputError(f"{path}: {exc}") from exc
+        rows.append({"model": name, **res})
+    return pd.DataFrame(rows, columns=["model", "steps", "loss_prev", "loss_end", "drop_pct",
+                                       "flat"])
+
+
+def summary_line(table, threshold: float = THRESHOLD, window: float = WINDOW) -> str:
+    """One sentence for table notes: how many curves are flat, and which are not."""
+    n = len(table)
+    if n == 0:
+        return "Training curves: no training log found."
+    bad = table[~table["flat"].astype(bool)]
+    head = (f"Training curves: {n - len(bad)} of {n} models are at their plateau (the smoothed "
+            f"loss drops by < {100 * threshold:g} % over the last {100 * window:g} % of the "
+            f"steps)")
+    if len(bad) == 0:
+        return head + "."
+    worst = ", ".join(f"{r.model} ({r.drop_pct:.1f} %)" for r in bad.itertuples())
+    return head + f"; still falling: {worst}."
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="vtn convergence", description=__doc__.split("\n\n")[0])
+    p.add_argument("--logs", nargs="+", required=True, help="train_log.csv of each model")
+    p.add_argument("--names", nargs="+", required=True, help="model name of each log")
+    p.add_argument("--out", required=True, help="CSV, one row per model")
+    p.add_argument("--threshold", type=float, default=THRESHOLD)
+    p.add_argument("--window", type=float, default=WINDOW)
+    return p
+
+
+def cli(argv=None) -> int:
+    from vtn.io import InputError, atomic_write
+
+    args = _parser().parse_args(argv)
+    if len(args.logs) != len(args.names):
+        print(f"vtn convergence: {len(args.logs)} logs but {len(args.names)} names",
+              file=sys.stderr)
+        return 2
+    try:
+        table = check_logs(dict(zip(args.names, args.logs)), args.window, args.threshold)
+    except InputError as exc:
+        print(f"vtn convergence: {exc}", file=sys.stderr)
+        return 1
+    with atomic_write(args.out) as tmp:
+        table.to_csv(tmp, index=False)
+    print(summary_line(table, args.threshold, args.window))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
