@@ -26,6 +26,7 @@ COMMANDS = {
     "tables": ("vtn.report.tables", "the paper's tables from per-pair metrics"),
     "figures": ("vtn.report.figures", "the paper's figures"),
     "claims": ("vtn.report.claims", "the claims table"),
+    "convergence": ("vtn.report.convergence", "are the training curves at their plateau?"),
     "bench": ("vtn.bench", "inference / training-step benchmark"),
     "runtime": ("vtn.report.runtime", "summarise Snakemake benchmark files"),
 }
