@@ -250,3 +250,22 @@ def test_missing_files_are_named(tmp_path, capsys):
     (subjects.parent / "s1_prep.json").write_text(json.dumps({"atlas_to_prep": np.eye(4).tolist()}))
     with pytest.raises(InputError, match="s2_prep.json"):  # the moving subject's frame too
         ev.evaluate(subjects, pairs, reg, "m", prealigned=True)
+
+
+def test_parallel_jobs_give_the_same_rows(tmp_path, capsys):
+    """`--jobs 2`: pairs evaluated in worker processes, rows identical and in pair order, one
+    progress line per pair."""
+    f, m = _liver_segs()
+    subjects, pairs, reg = _setup(tmp_path, f, m, disp=(1.0, -1.0, 0.5))
+    # a second pair with another displacement: rows must not be swapped
+    save_disp_l2r(reg / "disp_s2_s1.nii.gz", np.full((3, S, S, S), -2.0), np.eye(4))
+    save_volume(reg / "warpedseg_s2_s1.nii.gz", f, np.eye(4))
+    pd.DataFrame({"fixed": ["s1", "s2"], "moving": ["s2", "s1"]}).to_csv(pairs, index=False)
+    one, long1 = ev.evaluate(subjects, pairs, reg, "m", organ="liver")
+    two, long2 = ev.evaluate(subjects, pairs, reg, "m", organ="liver", jobs=2,
+                             log=lambda s: print(s, file=__import__("sys").stderr))
+    pd.testing.assert_frame_equal(one, two)
+    pd.testing.assert_frame_equal(long1, long2)
+    assert one["lm_ref_vox"].iloc[0] != one["lm_ref_vox"].iloc[1]  # the two pairs differ
+    err = capsys.readouterr().err.splitlines()
+    assert [ln.split(",")[0] for ln in err] == ["pair 1/2 (50.0%)", "pair 2/2 (100.0%)"]

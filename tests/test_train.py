@@ -235,6 +235,77 @@ def test_exact_resume(tmp_path, monkeypatch):
     assert any(not torch.equal(v, init["model_state"][k]) for k, v in ref["model_state"].items())
 
 
+def test_progress_lines_in_the_job_log(tmp_path, capsys):
+    """`vtn train` writes the device, then every `progress_every` steps a line with the step,
+    rate, ETA, the loss and its terms, to stderr (the job's log), without a terminal."""
+    import yaml
+
+    csv = make_subjects(tmp_path / "data", n=3)
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(yaml.safe_dump(_cfg(iterations=5, progress_every=2)))
+    assert T.cli(["--subjects", str(csv), "--config", str(cfg), "--out", str(tmp_path / "c.pt"),
+                  "--log", str(tmp_path / "l.csv"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "vtn train: device cpu (1 threads); vtn AD at 16^3, 3 subjects, batch 2, steps 0/5" \
+        in err[0]
+    steps = [ln.split("vtn train: ")[1] for ln in err if "vtn train: step " in ln]
+    assert [s.split(" (")[0] for s in steps] == ["step 2/5", "step 4/5", "step 5/5"]
+    log = pd.read_csv(tmp_path / "l.csv")
+    for line, step in zip(steps, (2, 4, 5)):
+        assert "steps/s, ETA" in line and " | lr 0.0001" in line
+        row = log[log["step"] == step].iloc[0]
+        assert f"loss {row['total']:.4g} (" in line  # the loss of that very step
+        for term in ("sim_0", "ortho_0", "det_0", "sim_1", "tv_1"):
+            assert f"{term} {row[term]:.4g}" in line
+    assert "ETA 0.0s" in steps[-1] and "finished 5 steps" in err[-1]
+
+
+def test_signal_checkpoints_the_current_step_and_resume_is_exact(tmp_path, monkeypatch):
+    """SIGTERM (SLURM's time limit, pre-emption) in step 3 of 6: the step is finished and
+    checkpointed although 3 is no checkpoint step, `vtn train` exits 75, and the rerun ends with
+    the weights of an unbroken run."""
+    import os
+    import signal
+
+    import vtn.train.loop as L
+
+    csv = make_subjects(tmp_path / "data", n=4)
+    cfg = _cfg()  # 6 steps, checkpoint every 2
+    ref = torch.load(T.train([csv], cfg, tmp_path / "a" / "c.pt", tmp_path / "a" / "l.csv",
+                             device="cpu"), weights_only=True)
+    real = L._step
+
+    def step_then_signal(run, autocast):
+        real(run, autocast)
+        if run.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(L, "_step", step_then_signal)
+    with pytest.raises(T.TrainingInterrupted, match=r"SIGTERM after step 3/6") as exc:
+        T.train([csv], cfg, tmp_path / "b" / "c.pt", tmp_path / "b" / "l.csv", device="cpu")
+    assert exc.value.checkpoint == tmp_path / "b" / "ckpt" / "step000000003.pt"
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    assert not (tmp_path / "b" / "c.pt").exists()
+    # the command line says so and exits 75 (EX_TEMPFAIL)
+    import yaml
+
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["--subjects", str(csv), "--config", str(tmp_path / "m.yaml"),
+            "--out", str(tmp_path / "c" / "c.pt"), "--log", str(tmp_path / "c" / "l.csv"),
+            "--device", "cpu"]
+    assert T.cli(args) == T.EXIT_INTERRUPTED == 75
+    monkeypatch.setattr(L, "_step", real)
+    for d in ("b", "c"):
+        done = T.train([csv], cfg, tmp_path / d / "c.pt", tmp_path / d / "l.csv", device="cpu")
+        res = torch.load(done, weights_only=True)
+        assert res["step"] == 6
+        for k, v in ref["model_state"].items():
+            assert torch.equal(v, res["model_state"][k]), (d, k)
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "l.csv").drop(columns="seconds"),
+                                      pd.read_csv(tmp_path / d / "l.csv").drop(columns="seconds"))
+
+
 def test_resume_refuses_other_config(tmp_path):
     csv = make_subjects(tmp_path / "data", n=3)
     T.train([csv], _cfg(cascade="D", iterations=2), tmp_path / "c.pt", tmp_path / "l.csv",

@@ -33,6 +33,9 @@ the same for every method (VTN, VoxelMorph, ANTs, Elastix). Columns:
   percent of the grid; :mod:`vtn.metrics`).
 * ``epe``: mean end-point error (voxels) against ``<gt>/disp_<f>_<m>.nii.gz`` when ``--gt``.
 * ``seconds, device, threads``: from ``times.csv`` (registration wall time only).
+
+``--jobs N`` evaluates N pairs at a time in worker processes (the rows and their order do not
+change); one progress line per pair on stderr.
 """
 
 from __future__ import annotations
@@ -277,9 +280,14 @@ def evaluate_pair(fixed: dict, moving: dict, reg: Path, *, organ: str = "liver",
 
 def evaluate(subjects_csv, pairs_csv, reg, method: str, study: str = "", *, organ="liver",
              liver_label="5", gt=None, prealigned: bool = False, data_source: str = "",
-             orig_subjects_csv=None):
-    """Evaluate every pair of ``pairs_csv``; returns ``(metrics DataFrame, long DataFrame)``."""
+             orig_subjects_csv=None, jobs: int = 1, log=None):
+    """Evaluate every pair of ``pairs_csv``; returns ``(metrics DataFrame, long DataFrame)``.
+
+    ``jobs``: pairs evaluated at a time in worker processes (same result); ``log``: a
+    ``callable(str)`` for one progress line per pair."""
     import pandas as pd
+
+    from vtn.progress import Progress
 
     if organ not in {"liver", "brain"}:
         raise ValueError(f"organ must be liver or brain, got {organ!r}")
@@ -312,9 +320,30 @@ def evaluate(subjects_csv, pairs_csv, reg, method: str, study: str = "", *, orga
         for sid in (f, m):
             if sid not in subjects:
                 raise InputError(f"{pairs_csv}: subject {sid} is not in {subjects_csv}")
-        row, long = evaluate_pair(subjects[f], subjects[m], reg, organ=organ,
-                                  liver_label=liver_label, gt=gt, fixed_frame=frame(f),
-                                  moving_frame=frame(m))
+    args = [((subjects[f], subjects[m], reg),
+             dict(organ=organ, liver_label=liver_label, gt=gt, fixed_frame=frame(f),
+                  moving_frame=frame(m))) for f, m in pairs]
+    progress = Progress(len(pairs), unit="pair")
+    if jobs > 1 and len(pairs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a forked child of a process whose OpenMP pool ran (torch) can hang
+        with ProcessPoolExecutor(max_workers=min(jobs, len(pairs)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(evaluate_pair, *a, **kw) for a, kw in args]
+            results = []
+            for k, fut in enumerate(futures, 1):
+                results.append(fut.result())
+                if log:
+                    log(f"pair {progress.status(k)} | {pairs[k - 1][0]} <- {pairs[k - 1][1]}")
+    else:
+        results = []
+        for k, (a, kw) in enumerate(args, 1):
+            results.append(evaluate_pair(*a, **kw))
+            if log:
+                log(f"pair {progress.status(k)} | {pairs[k - 1][0]} <- {pairs[k - 1][1]}")
+    for (f, m), (row, long) in zip(pairs, results):
         t = times.get((f, m))
         row["seconds"] = float(t["seconds"]) if t is not None else np.nan
         row["device"] = str(t.get("device", "")) if t is not None else ""
@@ -349,16 +378,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="original (non-aligned) prep subjects.csv, for mm with --prealigned when "
                         "the prep JSON has no prep_affine/prep_image")
     p.add_argument("--data-source", default="", help="data source text written to the table")
+    p.add_argument("--jobs", type=int, default=1, help="pairs evaluated at a time (processes)")
     return p
 
 
 def cli(argv=None) -> int:
     args = _parser().parse_args(argv)
+    from vtn.progress import logger
+
     try:
         df, long = evaluate(args.subjects, args.pairs, args.reg, args.method, args.study,
                             organ=args.organ, liver_label=args.liver_label, gt=args.gt,
                             prealigned=args.prealigned, data_source=args.data_source,
-                            orig_subjects_csv=args.orig_subjects)
+                            orig_subjects_csv=args.orig_subjects, jobs=max(1, args.jobs),
+                            log=logger("vtn evaluate"))
     except InputError as exc:
         print(f"vtn evaluate: {exc}", file=sys.stderr)
         return 1

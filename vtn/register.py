@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from vtn.contract import write_pair, write_times
-from vtn.io import (InputError, atomic_write_json, load_volume, read_pairs, read_subjects,
-                    save_itk_warp)
-from vtn.device import resolve_device
+from vtn.device import describe_device, resolve_device
+from vtn.io import (DISP_DTYPES, InputError, atomic_write_json, load_volume, read_pairs,
+                    read_subjects, save_itk_warp)
+from vtn.progress import Progress, logger
 
 __all__ = ["load_model", "register_pairs", "cli"]
 
@@ -62,7 +63,8 @@ def _sync(dev: torch.device) -> None:
 
 
 def register_pairs(checkpoint, subjects_csv, pairs_csv, out_dir, device: str = "auto",
-                   itk_warp: bool = False, fast: bool = False) -> Path:
+                   itk_warp: bool = False, fast: bool = False,
+                   disp_dtype: str = "float32") -> Path:
     """Register every pair of ``pairs_csv`` with a trained model and write the output contract.
 
     Args:
@@ -75,6 +77,7 @@ def register_pairs(checkpoint, subjects_csv, pairs_csv, out_dir, device: str = "
         fast: run VTN cascades through :func:`vtn.perf.fast_model` (bfloat16 convolutions,
             channels-last, sub-pixel transposed convolutions; flows and warps stay float32) on
             CUDA or on CPUs with native bfloat16; otherwise (and for VoxelMorph-2) float32.
+        disp_dtype: on-disk type of the displacement files (:data:`vtn.io.DISP_DTYPES`).
 
     Returns:
         ``out_dir``.
@@ -84,7 +87,8 @@ def register_pairs(checkpoint, subjects_csv, pairs_csv, out_dir, device: str = "
             size (messages name the file).
     """
     out_dir = Path(out_dir)
-    dev = resolve_device(device)
+    say = logger("vtn register")
+    dev = resolve_device(device, log=say)
     model, ckpt = load_model(checkpoint, dev)
     shape = tuple(getattr(model, "image_shape", ()))
     precision = "float32"
@@ -119,11 +123,13 @@ def register_pairs(checkpoint, subjects_csv, pairs_csv, out_dir, device: str = "
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     rows = []
+    say(f"device {describe_device(dev)}; {len(pairs)} pairs, {precision}")
     with torch.inference_mode():
         f0, m0 = pairs[0]
         model(image(f0)[0], image(m0)[0])  # warm-up (allocations, cuDNN autotuning)
         _sync(dev)
-        for f, m in pairs:
+        progress = Progress(len(pairs), unit="pair")
+        for k, (f, m) in enumerate(pairs, 1):
             fixed, faff = image(f)
             moving, maff = image(m)
             _sync(dev)
@@ -134,11 +140,12 @@ def register_pairs(checkpoint, subjects_csv, pairs_csv, out_dir, device: str = "
             flow = out["flow"].float()
             warped = out["warped"][-1][0, 0].float().cpu().numpy()
             write_pair(out_dir, f, m, flow, warped, faff, subjects[m]["seg"],
-                       subjects[f]["landmarks"])
+                       subjects[f]["landmarks"], disp_dtype=disp_dtype)
             if itk_warp:
                 save_itk_warp(out_dir / f"warp_{f}_{m}.nii.gz", flow[0].cpu().numpy(), faff, maff)
             rows.append({"fixed": f, "moving": m, "seconds": seconds,
                          "device": _device_name(dev), "threads": threads})
+            say(f"pair {progress.status(k)} | {f} <- {m}: forward {seconds:.3f} s")
 
     write_times(out_dir, rows)
     from vtn import __version__
@@ -155,6 +162,7 @@ def register_pairs(checkpoint, subjects_csv, pairs_csv, out_dir, device: str = "
         "precision": precision,
         "timing": "model forward only, one warm-up pass excluded",
         "itk_warp": bool(itk_warp),
+        "disp_dtype": disp_dtype,
         "versions": {"vtn": __version__, "torch": str(torch.__version__)},
     })
     return out_dir
@@ -173,10 +181,14 @@ def cli(argv=None) -> int:
                     help="also write warp_<f>_<m>.nii.gz (ANTs/ITK displacement transform)")
     ap.add_argument("--fast", action="store_true",
                     help="bfloat16 fast path on CUDA or bf16-capable CPUs (see vtn.perf)")
+    ap.add_argument("--disp-dtype", default="float32", choices=DISP_DTYPES,
+                    help="on-disk type of disp_<f>_<m>.nii.gz (int16: scaled, 16 bits)")
     args = ap.parse_args(argv)
+    if hasattr(sys.stderr, "reconfigure"):
+        sys.stderr.reconfigure(line_buffering=True)
     try:
         register_pairs(args.checkpoint, args.subjects, args.pairs, args.out, device=args.device,
-                       itk_warp=args.itk_warp, fast=args.fast)
+                       itk_warp=args.itk_warp, fast=args.fast, disp_dtype=args.disp_dtype)
     except InputError as exc:
         print(f"vtn register: error: {exc}", file=sys.stderr)
         return 1

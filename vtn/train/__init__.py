@@ -20,7 +20,8 @@ _HOME = {
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "latest_checkpoint": "checkpoint",
     "PairSchedule": "data",
-    "NonFiniteLossError": "loop", "build_from_config": "loop",
+    "NonFiniteLossError": "loop", "TrainingInterrupted": "loop", "EXIT_INTERRUPTED": "loop",
+    "build_from_config": "loop",
     "train": "loop", "cli": "loop",
 }
 

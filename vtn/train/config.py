@@ -22,7 +22,7 @@ VTN_NET_KEYS = ("flow_multiplier", "affine_final_size", "tf_same_padding", "chan
 VOXELMORPH_NET_KEYS = ("tf_same_padding", "enc_nf", "dec_nf")
 #: keys that may change between a checkpoint and the resumed run
 RESUME_FREE = frozenset({"name", "epochs", "checkpoint_every", "keep_checkpoints", "log_every",
-                         "sync_every", "fast", "compile"})
+                         "sync_every", "progress_every", "fast", "compile"})
 
 
 def _key(default, types, help, minimum=None, exclusive_minimum=None, study=None, choices=None):
@@ -83,6 +83,9 @@ class TrainConfig:
                                  study={"default": 500})
     keep_checkpoints: int = _key(2, (int,), "periodic checkpoints kept in ckpt_dir", minimum=1)
     log_every: int = _key(1, (int,), "steps between CSV log rows", minimum=1)
+    progress_every: int = _key(100, (int,), "steps between progress lines on stderr (the job "
+                               "log): step, losses, steps/s, ETA, GPU memory", minimum=1,
+                               study={"description": True})
     sync_every: int | None = _key(None, (int,), "steps between host reads of the loss (NaN "
                                   "check, log rows, progress bar); None: 1 on CPU, 50 on CUDA",
                                   minimum=1)

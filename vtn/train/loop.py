@@ -24,7 +24,9 @@ import csv
 import math
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,19 +34,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vtn.device import resolve_device, to_device
+from vtn.device import describe_device, gpu_memory, resolve_device, to_device
 from vtn.io import InputError, atomic_write
+from vtn.progress import Progress, logger
 from vtn.schedule import learning_rate
 from vtn.train.checkpoint import (latest_checkpoint, load_checkpoint, make_checkpoint,
                                   periodic_path, prune, save_checkpoint, set_rng_state)
 from vtn.train.config import RESUME_FREE, TrainConfig, load_config
 from vtn.train.data import PairSchedule, augment_generator, load_subjects, load_targets
 
-__all__ = ["NonFiniteLossError", "build_from_config", "CsvLog", "train", "cli"]
+__all__ = ["NonFiniteLossError", "TrainingInterrupted", "INTERRUPT_SIGNALS", "EXIT_INTERRUPTED",
+           "build_from_config", "CsvLog", "train", "cli"]
+
+#: signals that stop a training after the current step with a checkpoint (SLURM sends SIGTERM
+#: at the time limit and on pre-emption, then SIGKILL after KillWait/GraceTime; SIGUSR1 for
+#: sites that ask for an early warning with ``--signal``; SIGINT is Ctrl-C)
+INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+#: exit status of ``vtn train`` stopped by a signal after writing its checkpoint (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 75
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/Inf; the message names the step, the terms and the last checkpoint."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """A signal stopped training; a checkpoint of the current step was written first."""
+
+    def __init__(self, message: str, checkpoint: Path):
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 
 def build_from_config(cfg: TrainConfig):
@@ -121,21 +140,29 @@ def _tensorboard(log_path: Path):
     return SummaryWriter(str(log_path.parent / (log_path.stem + "_tensorboard")))
 
 
-def _tensorboard(log_path: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed: optional
-        return None
-    return SummaryWriter(str(log_path.parent / (log_path.stem + "_tensorboard")))
+class _Signals:
+    """Record :data:`INTERRUPT_SIGNALS` instead of dying (``received``: the first one's name);
+    the previous handlers come back on exit. Only the main thread can install handlers:
+    elsewhere nothing is installed."""
 
+    def __init__(self):
+        self.received = None
+        self._old = {}
 
-def _progress_bar(stop: int, step: int):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=stop, initial=step, file=sys.stderr, disable=not sys.stderr.isatty(),
-                desc="vtn train", dynamic_ncols=True)
+    def _handler(self, signum, frame):
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in INTERRUPT_SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,6 +203,7 @@ class _Run:
     elapsed: float = 0.0
     last_ckpt: Path | None = None
     pending: list = field(default_factory=list)
+    last_losses: dict = field(default_factory=dict)
 
     def checkpoint(self, finished: bool) -> dict:
         return make_checkpoint(self.model, self.opt, self.cfg, self.ids, self.step, self.elapsed,
@@ -277,7 +305,7 @@ def _step(run: _Run, autocast) -> None:
                                              + [terms[n].float() for n in names])))
 
 
-def _flush(run: _Run, stop: int, csv_log: CsvLog, tb, bar) -> None:
+def _flush(run: _Run, stop: int, csv_log: CsvLog, tb) -> None:
     """Read the queued losses on the host (the only synchronisation of the loop), stop on a
     non-finite one, and write their log rows."""
     if not run.pending:
@@ -304,8 +332,7 @@ def _flush(run: _Run, stop: int, csv_log: CsvLog, tb, bar) -> None:
                 for key, v in row.items():
                     if key not in ("step", "epoch"):
                         tb.add_scalar(key, v, p.step)
-    if bar is not None:
-        bar.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{block[-1].lr:.2e}")
+    run.last_losses = dict(zip(["total", *block[-1].names], values[-1]), lr=block[-1].lr)
 
 
 def _save_periodic(run: _Run) -> None:
@@ -344,16 +371,25 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
     Raises:
         InputError: bad config or input files.
         NonFiniteLossError: the loss became NaN/Inf (the periodic checkpoints are kept).
+        TrainingInterrupted: SIGTERM/SIGINT/SIGUSR1 arrived; the step under way was finished and
+            checkpointed (a later call resumes from it, ending with the same weights).
     """
     cfg = load_config(config)
     out, log = Path(out), Path(log)
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else out.parent / "ckpt"
-    run = _start(cfg, subject_csvs, resolve_device(device), targets, target_pairs, ckpt_dir)
+    say = logger("vtn train")
+    dev = resolve_device(device, log=say)
+    run = _start(cfg, subject_csvs, dev, targets, target_pairs, ckpt_dir)
     _resume(run)
     stop = cfg.total_steps if max_steps is None else min(int(max_steps), cfg.total_steps)
     if run.dev.type == "cuda" and run.images.numel() * 4 < 8 * 2**30:
         run.images = run.images.to(run.dev)
         run.targets = run.targets.to(run.dev) if run.targets is not None else None
+    what = f"{cfg.type} {cfg.cascade}" if cfg.type == "vtn" else cfg.type
+    say(f"device {describe_device(run.dev)}; {what} at {cfg.image_size}^3, "
+        f"{len(run.ids)} subjects, batch {cfg.batch}, steps {run.step}/{stop}"
+        + (f" (of {cfg.total_steps})" if stop < cfg.total_steps else "")
+        + ("; bf16 autocast + channels_last" if run.fast else ""))
 
     # The running log lives beside the checkpoints (a workflow manager deletes the declared
     # outputs of a killed job, and the resumed run must continue the full history); it is
@@ -361,35 +397,52 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
     run_log = ckpt_dir / "train_log.csv"
     csv_log = CsvLog(run_log, run.step)
     tb = _tensorboard(log)
-    bar = _progress_bar(stop, run.step)
+    progress = Progress(stop, start=run.step)
     run.model.train()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.fast
                 else contextlib.nullcontext())
-    # Losses are read on the host every ``sync_every`` steps and before every checkpoint, so no
-    # checkpoint is ever written after a non-finite loss.
+    # Losses are read on the host every ``sync_every`` steps, at every progress line and before
+    # every checkpoint, so no checkpoint is ever written after a non-finite loss.
     sync_every = cfg.sync_every or (50 if run.dev.type == "cuda" else 1)
     try:
-        while run.step < stop:
-            _step(run, autocast)
-            if bar is not None:
-                bar.update(1)
-            checkpoint_now = run.step % cfg.checkpoint_every == 0 or run.step == stop
-            if checkpoint_now or run.step % sync_every == 0:
-                _flush(run, stop, csv_log, tb, bar)
-            if checkpoint_now:
-                _save_periodic(run)
+        with _Signals() as signals:
+            while run.step < stop:
+                _step(run, autocast)
+                checkpoint_now = run.step % cfg.checkpoint_every == 0 or run.step == stop
+                progress_now = run.step % cfg.progress_every == 0 or run.step == stop
+                interrupted = signals.received is not None and run.step < stop
+                if checkpoint_now or progress_now or interrupted or run.step % sync_every == 0:
+                    _flush(run, stop, csv_log, tb)
+                if checkpoint_now or interrupted:
+                    _save_periodic(run)
+                if progress_now or interrupted:
+                    say(_progress_line(run, progress))
+                if interrupted:
+                    raise TrainingInterrupted(
+                        f"stopped by {signals.received} after step {run.step}/{stop}; checkpoint "
+                        f"{run.last_ckpt} written; run again to resume from it", run.last_ckpt)
     finally:
         csv_log.close()
         with atomic_write(log) as tmp_log:
             shutil.copyfile(run_log, tmp_log)
-        if bar is not None:
-            bar.close()
         if tb is not None:
             tb.close()
     if run.step < cfg.total_steps:
         return run.last_ckpt if run.last_ckpt is not None else periodic_path(ckpt_dir, run.step)
     save_checkpoint(out, run.checkpoint(finished=True))
+    say(f"finished {run.step} steps in {run.elapsed:.0f} s of training; wrote {out}")
     return out
+
+
+def _progress_line(run: _Run, progress: Progress) -> str:
+    """``step 1200/100000 steps (1.2%), 3.41 steps/s, ETA 8h03m | loss 0.12 (sim_0 -0.91, ...)
+    | lr 1e-04 | GPU mem ...`` (losses of the last flushed step)."""
+    losses = dict(run.last_losses)
+    total, lr = losses.pop("total", float("nan")), losses.pop("lr", float("nan"))
+    terms = ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
+    parts = [f"step {progress.status(run.step)}", f"loss {total:.4g} ({terms})", f"lr {lr:.3g}"]
+    mem = gpu_memory(run.dev)
+    return " | ".join(parts + ([mem] if mem else []))
 
 
 def cli(argv=None) -> int:
@@ -406,10 +459,15 @@ def cli(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=None,
                     help="stop after this many steps (checkpointed; rerun to resume)")
     args = ap.parse_args(argv)
+    if hasattr(sys.stderr, "reconfigure"):
+        sys.stderr.reconfigure(line_buffering=True)
     try:
         path = train(args.subjects, args.config, args.out, args.log, device=args.device,
                      targets=args.targets, target_pairs=args.target_pairs,
                      ckpt_dir=args.ckpt_dir, max_steps=args.max_steps)
+    except TrainingInterrupted as exc:
+        print(f"vtn train: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (InputError, NonFiniteLossError) as exc:
         print(f"vtn train: error: {exc}", file=sys.stderr)
         return 1
