@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vtn.io import atomic_write, save_landmarks
@@ -52,3 +53,34 @@ def test_no_hand_written_temp_file_writes():
             if re.search(r"\.tmp-|os\.replace\(|tmp\.replace\(", line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_int16_displacement_is_smaller_and_within_its_bound(tmp_path):
+    """`disp_dtype: int16`: scaled 16-bit integers (NIfTI has no float16) that every reader
+    gets back as float32 within half a quantisation step, gzipped to a fraction of float32."""
+    import nibabel as nib
+
+    from vtn.io import load_disp_l2r, save_disp_l2r
+
+    rng = np.random.default_rng(0)
+    g = np.stack(np.meshgrid(*[np.linspace(0, np.pi, 48)] * 3, indexing="ij"))
+    # a smooth field of up to ~20 voxels plus fine detail: float32 mantissas are all noise
+    flow = (20 * np.sin(g + rng.uniform(0, 1, (3, 1, 1, 1))) * np.cos(g[::-1])
+            + rng.normal(0, 0.3, g.shape)).astype(np.float32)
+    aff = np.diag([1.5, 1.5, 2.0, 1.0])
+    save_disp_l2r(tmp_path / "f32.nii.gz", flow, aff)
+    save_disp_l2r(tmp_path / "i16.nii.gz", flow, aff, dtype="int16")
+    img = nib.load(tmp_path / "i16.nii.gz")
+    assert img.get_data_dtype() == np.int16 and img.dataobj.slope != 1.0
+    a, aff32 = load_disp_l2r(tmp_path / "f32.nii.gz")
+    b, aff16 = load_disp_l2r(tmp_path / "i16.nii.gz")
+    assert a.dtype == b.dtype == np.float32 and np.array_equal(a, flow)
+    np.testing.assert_allclose(aff16, aff32)
+    step = (flow.max() - flow.min()) / 65535
+    err = np.abs(b - flow).max()
+    assert 0 < err <= 0.5 * step * 1.01, (err, step)  # rounded, not exact: the case is real
+    assert err < 1e-3  # voxels
+    s32, s16 = ((tmp_path / n).stat().st_size for n in ("f32.nii.gz", "i16.nii.gz"))
+    assert s16 < 0.6 * s32, (s16, s32)
+    with pytest.raises(ValueError, match="dtype must be"):
+        save_disp_l2r(tmp_path / "x.nii.gz", flow, aff, dtype="float16")

@@ -23,7 +23,7 @@ TIMES_COLUMNS = ["fixed", "moving", "seconds", "device", "threads"]
 
 
 def write_pair(out_dir, fixed_id: str, moving_id: str, flow: torch.Tensor, warped, fixed_affine,
-               moving_seg=None, fixed_landmarks=None) -> None:
+               moving_seg=None, fixed_landmarks=None, disp_dtype: str = "float32") -> None:
     """Write the per-pair files of the contract.
 
     Args:
@@ -34,11 +34,14 @@ def write_pair(out_dir, fixed_id: str, moving_id: str, flow: torch.Tensor, warpe
         fixed_affine: the fixed image's affine (voxel -> RAS mm), used for every volume written.
         moving_seg: path of the moving segmentation, or ``None``.
         fixed_landmarks: path of the fixed landmark CSV (``name,i,j,k``), or ``None``.
+        disp_dtype: on-disk type of ``disp_<f>_<m>.nii.gz`` (:data:`vtn.io.DISP_DTYPES`); the
+            label warp and the landmarks use the float32 flow either way.
     """
     out_dir = Path(out_dir)
     stem = f"{fixed_id}_{moving_id}"
     flow = flow.float()
-    save_disp_l2r(out_dir / f"disp_{stem}.nii.gz", flow[0].cpu().numpy(), fixed_affine)
+    save_disp_l2r(out_dir / f"disp_{stem}.nii.gz", flow[0].cpu().numpy(), fixed_affine,
+                  dtype=disp_dtype)
     save_volume(out_dir / f"warped_{stem}.nii.gz", np.asarray(warped, dtype=np.float32),
                 fixed_affine)
     if moving_seg is not None:
