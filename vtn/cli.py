@@ -22,6 +22,7 @@ COMMANDS = {
     "register-images": ("vtn.register_images", "register two scans of your own, warp in their space"),
     "native-space": ("vtn.native", "a method's registrations in the original image space"),
     "baseline": ("vtn.baselines.run", "register pairs with ANTs or Elastix"),
+    "gather": ("vtn.gather", "put a method's (or a pre-alignment's) chunks into one folder"),
     "evaluate": ("vtn.evaluate", "per-pair metrics of one method"),
     "tables": ("vtn.report.tables", "the paper's tables from per-pair metrics"),
     "figures": ("vtn.report.figures", "the paper's figures"),

@@ -12,6 +12,11 @@ maps, versions, threads).
 
 The same command produces the target flows of the supervised VTN variant: call it with a pairs CSV
 of training pairs.
+
+``--rows START:STOP`` registers only those rows of the pairs table (0-based, header excluded, STOP
+exclusive): one job of the workflow per chunk of pairs, gathered into the method's folder by
+``vtn gather`` (:mod:`vtn.gather`). Rows beyond the table's end (preprocessing dropped a subject)
+give an empty chunk: a ``times.csv`` without rows and no ``method.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from vtn.contract import write_pair, write_times
-from vtn.io import InputError, atomic_write_json, load_volume, read_pairs, read_subjects
+from vtn.io import (DISP_DTYPES, InputError, atomic_write_json, load_volume, read_pairs,
+                    read_subjects)
+from vtn.jobs import parse_rows
+from vtn.progress import Progress, logger
 
 __all__ = ["METHODS", "run_baseline", "cli"]
 
@@ -92,8 +100,10 @@ def _register(method, fixed, moving, preset, threads, seed):
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
-def run_baseline(method, subjects_csv, pairs_csv, out_dir, preset="paper", threads=1, seed=1):
-    """Register every pair of ``pairs_csv`` with ANTs or Elastix and write the output contract.
+def run_baseline(method, subjects_csv, pairs_csv, out_dir, preset="paper", threads=1, seed=1,
+                 rows=None, disp_dtype="float32"):
+    """Register every pair of ``pairs_csv`` (or rows ``start:stop`` of it) with ANTs or Elastix
+    and write the output contract.
 
     Args:
         method: ``"ants"`` or ``"elastix"``.
@@ -103,6 +113,9 @@ def run_baseline(method, subjects_csv, pairs_csv, out_dir, preset="paper", threa
         preset: ``"paper"`` (the paper's footnote 2/3 settings) or ``"fast"``.
         threads: ITK threads of the tool.
         seed: ANTs ``--random-seed`` (Elastix uses its own fixed default seed).
+        rows: ``(start, stop)``: only these rows of the pairs table (a chunk of the workflow);
+            none there gives an empty ``times.csv``. ``None``: every pair (at least one).
+        disp_dtype: on-disk type of the displacement files (:data:`vtn.io.DISP_DTYPES`).
 
     Returns:
         ``out_dir`` as a :class:`Path`.
@@ -119,15 +132,26 @@ def run_baseline(method, subjects_csv, pairs_csv, out_dir, preset="paper", threa
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(threads))
     out_dir = Path(out_dir)
+    say = logger(f"vtn baseline {method}")
     subjects = {r["subject"]: r for r in read_subjects(subjects_csv)}
     pairs = read_pairs(pairs_csv)
-    if not pairs:
+    if rows is None and not pairs:
         raise InputError(f"{pairs_csv}: no pairs listed")
+    if rows is not None:
+        start, stop = rows
+        say(f"rows {start}:{stop} of {pairs_csv} ({len(pairs)} rows)")
+        pairs = pairs[start:stop]
     _check_inputs(subjects, pairs, subjects_csv, pairs_csv)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not pairs:
+        say("no pairs in these rows (the table is shorter: preprocessing dropped a subject?); "
+            "writing an empty times.csv")
+        write_times(out_dir, [])
+        return out_dir
 
-    rows, infos = [], []
-    for f, m in pairs:
+    times, infos = [], []
+    progress = Progress(len(pairs), unit="pair")
+    for k, (f, m) in enumerate(pairs, 1):
         fpath, mpath = subjects[f]["image"], subjects[m]["image"]
         disp, seconds, info = _register(method, fpath, mpath, preset, threads, seed)
         infos.append(info)
@@ -139,11 +163,13 @@ def run_baseline(method, subjects_csv, pairs_csv, out_dir, preset="paper", threa
         with torch.no_grad():
             warped = warp(torch.from_numpy(mov).view(1, 1, *mov.shape), flow)[0, 0].numpy()
         write_pair(out_dir, f, m, flow, warped, faff, subjects[m]["seg"],
-                   subjects[f]["landmarks"])
-        rows.append({"fixed": f, "moving": m, "seconds": float(seconds), "device": "cpu",
-                     "threads": int(threads)})
+                   subjects[f]["landmarks"], disp_dtype=disp_dtype)
+        times.append({"fixed": f, "moving": m, "seconds": float(seconds), "device": "cpu",
+                      "threads": int(threads)})
+        say(f"pair {progress.status(k)} | {f} <- {m}: {seconds:.1f} s ({preset} preset, "
+            f"{threads} threads)")
 
-    write_times(out_dir, rows)
+    write_times(out_dir, times)
 
     first = infos[0]
     meta = {
@@ -153,6 +179,7 @@ def run_baseline(method, subjects_csv, pairs_csv, out_dir, preset="paper", threa
         "threads": int(threads),
         "device": "cpu",
         "timing": "wall time of the tool's registration call only (no I/O, no field conversion)",
+        "disp_dtype": disp_dtype,
         "versions": {"tool": first["version"]},
         # the first pair's arguments; the others differ only in file and temporary paths
         "arguments": first["arguments"],
@@ -184,14 +211,25 @@ def cli(argv=None) -> int:
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--threads", type=int, default=1, help="ITK threads of the tool")
     ap.add_argument("--seed", type=int, default=1, help="ANTs --random-seed (non-zero)")
+    ap.add_argument("--rows", default=None, metavar="START:STOP",
+                    help="only these rows of the pairs table (0-based, header excluded)")
+    ap.add_argument("--disp-dtype", default="float32", choices=DISP_DTYPES,
+                    help="on-disk type of disp_<f>_<m>.nii.gz (int16: scaled, 16 bits)")
     args = ap.parse_args(argv)
     if args.threads < 1:
         ap.error("--threads must be >= 1")
     if args.seed == 0:
         ap.error("--seed must be non-zero (ANTs treats 0 as 'seed from the clock')")
+    if hasattr(sys.stderr, "reconfigure"):
+        sys.stderr.reconfigure(line_buffering=True)
+    try:
+        rows = parse_rows(args.rows) if args.rows is not None else None
+    except ValueError as exc:
+        ap.error(str(exc))
     try:
         run_baseline(args.method, args.subjects, args.pairs, args.out, preset=args.preset,
-                     threads=args.threads, seed=args.seed)
+                     threads=args.threads, seed=args.seed, rows=rows,
+                     disp_dtype=args.disp_dtype)
     except InputError as exc:
         print(f"vtn baseline: error: {exc}", file=sys.stderr)
         return 1

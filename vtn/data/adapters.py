@@ -46,7 +46,7 @@ import numpy as np
 
 from vtn.io import InputError, atomic_write, read_subjects, sitk_ras_affine
 
-__all__ = ["LAYOUTS", "import_dataset", "sitk_to_nifti", "cli"]
+__all__ = ["LAYOUTS", "import_dataset", "subject_ids", "sitk_to_nifti", "cli"]
 
 LAYOUTS = ("lits", "sliver07", "lpba40", "t1_folder", "hdf5", "table", "learn2reg")
 
@@ -112,6 +112,7 @@ def _lits(path):
 
 
 def _sliver(path, outdir):
+    """``outdir`` None: list only (the MetaImage files, nothing converted)."""
     rows = []
     for orig in sorted(path.rglob("liver-orig*.mhd")):
         m = re.fullmatch(r"liver-orig(\d+)\.mhd", orig.name)
@@ -119,9 +120,13 @@ def _sliver(path, outdir):
             continue
         n = m.group(1)
         sid = f"sliver{n}"
+        segsrc = orig.parent / f"liver-seg{n}.mhd"
+        if outdir is None:
+            rows.append({"subject": sid, "image": orig, "seg": segsrc if segsrc.exists() else None,
+                         "landmarks": None})
+            continue
         img = outdir / f"{sid}_image.nii.gz"
         sitk_to_nifti(orig, img)
-        segsrc = orig.parent / f"liver-seg{n}.mhd"
         seg = None
         if segsrc.exists():
             seg = outdir / f"{sid}_seg.nii.gz"
@@ -170,6 +175,7 @@ def _t1_folder(path):
 
 
 def _hdf5(path, outdir, affine):
+    """``outdir`` None: list only (the groups' subject ids, nothing converted)."""
     import h5py
 
     from vtn.io import save_raw_landmarks, save_volume
@@ -190,6 +196,9 @@ def _hdf5(path, outdir, affine):
             for g in groups:
                 grp = h[g] if g else h
                 sid = _sanitize(f"{f.stem}-{g}" if g else f.stem)
+                if outdir is None:
+                    rows.append({"subject": sid, "image": f, "seg": None, "landmarks": None})
+                    continue
                 vol = np.asarray(grp["volume"])
                 if vol.ndim == 4 and vol.shape[-1] == 1:
                     vol = vol[..., 0]
@@ -228,6 +237,33 @@ def _table(path):
     return rows
 
 
+def _rows(layout, path, outdir, affine):
+    """The rows of a non-Learn2Reg layout (``outdir`` None: listed, nothing converted)."""
+    if layout == "lits":
+        return _lits(path)
+    if layout == "sliver07":
+        return _sliver(path, outdir)
+    if layout == "lpba40":
+        return _lpba40(path)
+    if layout == "t1_folder":
+        return _t1_folder(path)
+    if layout == "hdf5":
+        aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+        if aff.shape != (4, 4):
+            raise InputError(f"HDF5 affine must be 4x4, got {aff.shape}")
+        return _hdf5(path, outdir, aff)
+    return _table(path)
+
+
+def subject_ids(layout, path) -> list:
+    """The subject ids ``vtn import`` lists for a dataset, found without converting anything:
+    the workflow counts a user dataset's subjects when it builds the DAG (:mod:`vtn.jobs`)."""
+    if layout not in LAYOUTS or layout == "learn2reg":
+        raise InputError(f"layout {layout!r}: subjects cannot be listed without importing")
+    path = _require_dir(layout, path)
+    return [r["subject"] for r in _rows(layout, path, None, None)]
+
+
 def import_dataset(layout, path, out, landmarks_dir=None, affine=None, pairs_out=None,
                    subset="all", log=None):
     """List (and where needed convert) a dataset as a raw ``subjects.csv``.
@@ -259,25 +295,12 @@ def import_dataset(layout, path, out, landmarks_dir=None, affine=None, pairs_out
     outdir = out.parent
     outdir.mkdir(parents=True, exist_ok=True)
     pairs = None
-    if layout == "lits":
-        rows = _lits(path)
-    elif layout == "sliver07":
-        rows = _sliver(path, outdir)
-    elif layout == "lpba40":
-        rows = _lpba40(path)
-    elif layout == "t1_folder":
-        rows = _t1_folder(path)
-    elif layout == "hdf5":
-        aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
-        if aff.shape != (4, 4):
-            raise InputError(f"HDF5 affine must be 4x4, got {aff.shape}")
-        rows = _hdf5(path, outdir, aff)
-    elif layout == "learn2reg":
+    if layout == "learn2reg":
         from vtn.data.learn2reg import import_learn2reg
 
         rows, pairs = import_learn2reg(path, outdir, subset=subset, log=log)
     else:
-        rows = _table(path)
+        rows = _rows(layout, path, outdir, affine)
     if not rows:
         raise InputError(f"layout {layout}: no subjects found under {path}")
     ids = [r["subject"] for r in rows]

@@ -23,6 +23,8 @@ on the atlas grid, with the atlas affine), ``<sid>_prealign.mat`` (the ANTs tran
 ``<sid>_prep.json`` (input json + ``atlas_to_prep``, ``prealign_seconds`` = wall time of the
 registration itself, ``prealign`` details), ``subjects.csv``. A subject whose image equals the
 atlas (same file or same voxels and affine) gets the identity without registration.
+``--rows START:STOP`` aligns only those rows of the table (one job of the workflow per chunk of
+subjects, put together by ``vtn gather --subjects``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from vtn.io import InputError, atomic_write, atomic_write_json, load_landmarks, load_volume, read_subjects, save_landmarks, save_volume
+from vtn.jobs import parse_rows
+from vtn.progress import Progress, logger
 
 __all__ = ["PRESETS", "ants_affine_args", "lps_affine_to_matrix", "ants_voxel_to_lps", "register_affine",
            "apply_voxel_affine", "prealign_dataset", "cli"]
@@ -132,8 +136,13 @@ def _dice_mean(a, b):
     return float(np.mean(d))
 
 
-def prealign_dataset(subjects, atlas, out, threads=1, preset="paper", atlas_seg=None, seed=1, log=print):
+def prealign_dataset(subjects, atlas, out, threads=1, preset="paper", atlas_seg=None, seed=1, log=print,
+                     rows=None):
     """Pre-align every subject of a preprocessed ``subjects.csv`` to ``atlas`` (see module doc).
+
+    Args:
+        rows: ``(start, stop)``: only these rows of the table (a chunk of the workflow, gathered
+            by ``vtn gather --subjects``); none there gives an empty ``subjects.csv``.
 
     Returns:
         list of subject ids written.
@@ -148,14 +157,18 @@ def prealign_dataset(subjects, atlas, out, threads=1, preset="paper", atlas_seg=
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     subjects = Path(subjects)
-    rows = read_subjects(subjects)
+    table_rows = read_subjects(subjects)
+    if rows is not None:
+        log(f"rows {rows[0]}:{rows[1]} of {subjects} ({len(table_rows)} rows)")
+        table_rows = table_rows[rows[0]:rows[1]]
     atlas = Path(atlas).resolve()
     a_img, a_aff = load_volume(atlas)
     a_seg = load_volume(atlas_seg, dtype=None)[0] if atlas_seg is not None else None
     if a_seg is not None and a_seg.shape != a_img.shape:
         raise InputError(f"{atlas_seg}: atlas segmentation grid {a_seg.shape} differs from the atlas {a_img.shape}")
     table = []
-    for row in rows:
+    progress = Progress(len(table_rows), unit="subject")
+    for k, row in enumerate(table_rows, 1):
         sid = row["subject"]
         img, aff = load_volume(row["image"])
         seg = None
@@ -203,7 +216,7 @@ def prealign_dataset(subjects, atlas, out, threads=1, preset="paper", atlas_seg=
                      "prealign": info})
         atomic_write_json(out / f"{sid}_prep.json", meta)
         table.append(rec)
-        log(f"{sid}: registration {seconds:.1f} s")
+        log(f"subject {progress.status(k)} | {sid}: registration {seconds:.1f} s")
     with atomic_write(out / "subjects.csv") as tmp:
         pd.DataFrame(table, columns=["subject", "image", "seg", "landmarks"]).to_csv(tmp, index=False)
     return [r["subject"] for r in table]
@@ -219,11 +232,18 @@ def cli(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="ITK/ANTs threads")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
     p.add_argument("--seed", type=int, default=1, help="antsRegistration --random-seed")
+    p.add_argument("--rows", default=None, metavar="START:STOP",
+                   help="only these rows of the subjects table (0-based, header excluded)")
     a = p.parse_args(argv)
+    try:
+        rows = parse_rows(a.rows) if a.rows is not None else None
+    except ValueError as exc:
+        p.error(str(exc))
     _set_threads(a.threads)
     try:
         prealign_dataset(a.subjects, a.atlas, a.out, threads=a.threads, preset=a.preset,
-                         atlas_seg=a.atlas_seg, seed=a.seed, log=lambda s: print(s, file=sys.stderr))
+                         atlas_seg=a.atlas_seg, seed=a.seed, rows=rows,
+                         log=logger("vtn prealign"))
     except InputError as exc:
         print(f"vtn prealign: error: {exc}", file=sys.stderr)
         return 1
