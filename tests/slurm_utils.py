@@ -2,15 +2,15 @@
 
 Debian's ``slurm-wlm`` (slurmctld + slurmd) and ``munge`` are started as foreground child processes
 with a generated ``slurm.conf`` in a private temporary folder: free TCP ports, a private munge
-socket (``AuthInfo=socket=...``) and key, no accounting database, one node that advertises one fake
-GPU (``gres.conf``: ``Name=gpu File=/dev/null``). slurmd runs *configless* (it fetches the
-configuration from slurmctld), because the SLURM jobstep plugin of Snakemake strips ``SLURM_CONF``
-inside jobs; slurmd then caches the configuration under ``/run/slurm/conf``, which client commands
-inside jobs read. A configless slurmd authenticates before it has a configuration, so munged must
-listen on its default socket ``/run/munge/munge.socket.2`` (with a fresh key in the private
-folder; an already running munged is used as is). Nothing under ``/etc`` is written; ``/run/slurm``
-and ``/run/munge`` are removed again if this module created them. Every daemon is stopped by the
-PID of the process this module started.
+socket (``AuthInfo=socket=...``) and key, no accounting database, one node that advertises up to
+four fake GPUs (``gres.conf``: one ``Name=gpu`` line each on ``/dev/null``, ``/dev/zero``, ...).
+slurmd runs *configless* (it fetches the configuration from slurmctld), because the SLURM jobstep
+plugin of Snakemake strips ``SLURM_CONF`` inside jobs; slurmd then caches the configuration under
+``/run/slurm/conf``, which client commands inside jobs read. A configless slurmd authenticates
+before it has a configuration, so munged must listen on its default socket
+``/run/munge/munge.socket.2`` (with a fresh key in the private folder; an already running munged is
+used as is). Nothing under ``/etc`` is written; ``/run/slurm`` and ``/run/munge`` are removed again
+if this module created them. Every daemon is stopped by the PID of the process this module started.
 
 Typical use::
 
@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEBIAN_PACKAGES = ("slurm-wlm", "munge")
+#: character devices standing in for GPUs in gres.conf (one line each; SLURM only needs a file)
+FAKE_GPU_FILES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom")
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 PROGRAMS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "sinfo", "scancel")
 
@@ -161,7 +163,8 @@ class LocalSlurm:
         Args:
             cpus: CPUs the node advertises (may exceed the hardware: config_overrides).
             memory_mb: memory the node advertises, MB.
-            gpus: fake GPUs (GRES on /dev/null); jobs see ``CUDA_VISIBLE_DEVICES``.
+            gpus: fake GPUs (GRES on /dev/null, /dev/zero, ...); jobs see
+                ``CUDA_VISIBLE_DEVICES``.
             min_job_age: seconds a finished job stays visible to ``squeue`` (the Snakemake
                 plugin needs ``--slurm-status-command squeue`` without accounting).
             timeout: seconds to wait for the node to become idle.
@@ -204,8 +207,10 @@ class LocalSlurm:
             root=root, node=self.node, ctld_port=ctld_port, slurmd_port=slurmd_port,
             cpus=cpus, memory_mb=memory_mb, gpus=gpus,
             min_job_age=min_job_age))
-        (root / "gres.conf").write_text(
-            f"NodeName={self.node} Name=gpu File=/dev/null Count={gpus}\n" if gpus else "")
+        if gpus > len(FAKE_GPU_FILES):
+            raise ValueError(f"at most {len(FAKE_GPU_FILES)} fake GPUs, got {gpus}")
+        (root / "gres.conf").write_text("".join(
+            f"NodeName={self.node} Name=gpu File={dev}\n" for dev in FAKE_GPU_FILES[:gpus]))
 
         if not _munge_alive():
             self._start_munged(munge_user, mdir, key)

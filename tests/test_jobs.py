@@ -129,3 +129,8 @@ def test_runtime_minutes_closed_form():
     assert J.runtime_minutes("preprocess/liver", 100, 128) == 15 + 100
     with pytest.raises(ValueError, match="unknown job kind"):
         J.runtime_minutes("nope", 1, 128)
+
+
+def test_eval_processes():
+    assert [J.eval_processes(n, 8) for n in (1, 12, 50, 51, 380, 1560)] == [1, 1, 1, 2, 8, 8]
+    assert J.eval_processes(380, 2) == 2 and J.eval_processes(0, 4) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -58,7 +59,10 @@ def test_default_config_dry_run(tmp_path):
         "train": n_models,
         "supervision_targets": 1,
         "register_model": n_models,
-        "baseline": 3,
+        "baseline": 3,  # baseline_chunk 12: the 12 test pairs of a tool in one job
+        "gather_baseline": 3,
+        "gather_targets": 1,
+        "gather_prealign": 2,
         "evaluate": n_methods,
         "study_spec": 2,
         "tables": 2,
@@ -67,70 +71,204 @@ def test_default_config_dry_run(tmp_path):
         "runtime_summary": 1,
         "all": 1,
         "total": sum(
-            [2, n_datasets, n_datasets, 2, 2, n_models, n_models, 1, n_models, 3, n_methods,
-             2, 2, 2, 1, 1, 1]
+            [2, n_datasets, n_datasets, 2, 2, n_models, n_models, 1, n_models, 3, 3, 1, 2,
+             n_methods, 2, 2, 2, 1, 1, 1]
         ),
     }
 
 
-def make_fake_paper_layout(root: Path) -> dict:
-    """Tiny files laid out like the paper's datasets (only their presence matters to a dry run)."""
+#: subjects of the paper's datasets (paper Sec. V-A/B; LPBA40 as distributed: 40 folders)
+PAPER_SIZES = {"lits": 131, "bfh": 92, "sliver07": 20, "adni": 67, "abide1": 318, "abide2": 1101,
+               "adhd": 973, "lpba40": 40, "loni_atlas": 1}
+
+
+def make_fake_paper_layout(root: Path, sizes: dict = PAPER_SIZES) -> dict:
+    """Empty files laid out like the paper's datasets, as many subjects as ``sizes`` says (the
+    workflow counts them when it builds the DAG: vtn.data.adapters.subject_ids)."""
     paths = {}
-    (root / "LiTS").mkdir()
-    for i in range(3):
-        (root / "LiTS" / f"volume-{i}.nii").write_bytes(b"")
-        (root / "LiTS" / f"segmentation-{i}.nii").write_bytes(b"")
-    paths["lits"] = root / "LiTS"
-    (root / "BFH").mkdir()
-    (root / "BFH" / "subjects.csv").write_text("subject,image,seg,landmarks\n")
-    paths["bfh"] = root / "BFH" / "subjects.csv"
+    lits = root / "LiTS"
+    lits.mkdir()
+    for i in range(sizes["lits"]):
+        (lits / f"volume-{i}.nii").write_bytes(b"")
+        (lits / f"segmentation-{i}.nii").write_bytes(b"")
+    paths["lits"] = lits
+    for name, folder in (("bfh", "BFH"), ("loni_atlas", "LONI-atlas")):
+        (root / folder).mkdir()
+        rows = []
+        for i in range(sizes[name]):
+            (root / folder / f"{name}{i}.nii.gz").write_bytes(b"")
+            rows.append(f"{name}{i},{name}{i}.nii.gz,,")
+        (root / folder / "subjects.csv").write_text("subject,image,seg,landmarks\n"
+                                                    + "\n".join(rows) + "\n")
+        paths[name] = root / folder / "subjects.csv"
     (root / "SLIVER07" / "landmarks").mkdir(parents=True)
-    for i in range(1, 4):
+    for i in range(1, sizes["sliver07"] + 1):
         (root / "SLIVER07" / f"liver-orig{i:03d}.mhd").write_text("")
         (root / "SLIVER07" / f"liver-seg{i:03d}.mhd").write_text("")
     paths["sliver07"] = root / "SLIVER07"
-    for name in ("ADNI", "ABIDE-1", "ABIDE-2", "ADHD"):
-        (root / name).mkdir()
-        (root / name / "t1.nii.gz").write_bytes(b"")
-    paths.update(adni=root / "ADNI", abide1=root / "ABIDE-1", abide2=root / "ABIDE-2",
-                 adhd=root / "ADHD")
+    for name, folder in (("adni", "ADNI"), ("abide1", "ABIDE-1"), ("abide2", "ABIDE-2"),
+                         ("adhd", "ADHD")):
+        for i in range(sizes[name]):
+            (root / folder / f"sub{i:04d}").mkdir(parents=True)
+            (root / folder / f"sub{i:04d}" / "t1.nii.gz").write_bytes(b"")
+        paths[name] = root / folder
     (root / "LPBA40" / "landmarks").mkdir(parents=True)
-    for i in range(1, 4):
-        (root / "LPBA40" / f"S{i:02d}").mkdir()
+    for i in range(1, sizes["lpba40"] + 1):
+        s = f"S{i:02d}"
+        (root / "LPBA40" / s).mkdir()
+        (root / "LPBA40" / s / f"{s}.native.mri.img.gz").write_bytes(b"")
+        (root / "LPBA40" / s / f"{s}.native.label.img.gz").write_bytes(b"")
     paths["lpba40"] = root / "LPBA40"
-    (root / "LONI-atlas").mkdir()
-    (root / "LONI-atlas" / "subjects.csv").write_text("subject,image,seg,landmarks\n")
-    paths["loni_atlas"] = root / "LONI-atlas" / "subjects.csv"
     return paths
 
 
-def test_paper_config_dry_run(tmp_path):
+def dry_run_jobs(output: str) -> list:
+    """Every job of a dry run's listing: ``{"rule", "wildcards", "threads", "resources",
+    "shell"}`` (threads 1 when not printed; resources as printed, numbers as int)."""
+    jobs = []
+    for block in re.split(r"^(?:local)?rule ", output, flags=re.M)[1:]:
+        name, _, body = block.partition(":\n")
+        job = {"rule": name.strip(), "wildcards": {}, "threads": 1, "resources": {}, "shell": ""}
+        for line in body.splitlines():
+            key, _, value = line.strip().partition(": ")
+            if key == "Shell command":
+                job["shell"] = value
+                break
+            if key == "threads":
+                job["threads"] = int(value)
+            elif key in ("wildcards", "resources"):
+                for item in value.split(", "):
+                    k, _, v = item.partition("=")
+                    job[key][k] = int(v) if v.isdigit() else v
+            elif not line.startswith(" "):
+                break
+        jobs.append(job)
+    return jobs
+
+
+def paper_config(tmp_path, sizes=PAPER_SIZES):
     cfg = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
     data = tmp_path / "data"
     data.mkdir()
-    paths = make_fake_paper_layout(data)
+    paths = make_fake_paper_layout(data, sizes)
     for name, ds in cfg["datasets"].items():
         ds["path"] = str(paths[name])
         if "landmarks" in ds:
             ds["landmarks"] = str(Path(ds["path"]) / "landmarks")
     configfile = tmp_path / "paper.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
-    counts = dry_run(tmp_path / "work", configfile)
+    return cfg, configfile
+
+
+def slurm_dry_run(workdir, configfile):
+    """The jobs of a dry run through profiles/slurm (its set-resources applied)."""
+    pytest.importorskip("snakemake_executor_plugin_slurm",
+                        reason="the SLURM profile needs snakemake-executor-plugin-slurm")
+    proc = snakemake("-n", "--directory", str(workdir), "--configfile", str(configfile),
+                     "--workflow-profile", str(ROOT / "profiles" / "slurm"))
+    out = proc.stdout + proc.stderr
+    jobs = dry_run_jobs(out.split("Job stats:")[1])
+    assert len(jobs) == job_counts(out)["total"]
+    return jobs
+
+
+def by_rule(jobs):
+    out = {}
+    for j in jobs:
+        out.setdefault(j["rule"], []).append(j)
+    return out
+
+
+def requests(jobs, *keys):
+    """The distinct (threads, gpu, mem_mb, runtime) of some jobs."""
+    return {(j["threads"], j["resources"].get("gpu", 0), j["resources"]["mem_mb"],
+             j["resources"]["runtime"]) for j in jobs}
+
+
+def test_paper_config_dry_run(tmp_path):
+    """config/paper.yaml at the paper's shape (empty files laid out like LiTS, BFH, SLIVER07,
+    ADNI, ABIDE, ADHD, LPBA40): the jobs per rule and what each asks SLURM for. ANTs/Elastix
+    run one job per pair; no job but a training asks for more than 4 h."""
+    cfg, configfile = paper_config(tmp_path)
+    jobs = by_rule(slurm_dry_run(tmp_path / "work", configfile))
+    counts = {rule: len(js) for rule, js in jobs.items()}
     # liver: 6 cascades + inv + supervised + voxelmorph + 2 data-amount = 11 models
     # brain: 3 cascades + inv + supervised + voxelmorph-star + 2 data-amount + 3 star = 11 models
     n_models = 22
-    assert counts["import_dataset"] == len(cfg["datasets"])
-    assert counts["preprocess"] == len(cfg["datasets"])
-    assert "make_embedded" not in counts and "fetch_resources" not in counts
-    assert "ground_truth" not in counts  # no ground truth for real data
-    assert counts["train"] == n_models
-    assert counts["register_model"] == n_models
-    assert counts["baseline"] == 4  # ANTs + Elastix for both studies
-    assert counts["supervision_targets"] == 2
-    # star variants: the brain training sets and the test set are pre-aligned to the atlas
-    assert counts["prealign"] == 5
-    assert counts["evaluate"] == n_models + 4
-    assert counts["tables"] == counts["figures"] == 2
+    liver_pairs, brain_pairs = 20 * 19, 40 * 39  # SLIVER07: 20 scans; LPBA40: 40 folders
+    prealigned = [67, 318, 1101, 973, 40]  # ADNI, ABIDE-1, ABIDE-2, ADHD, LPBA40: chunks of 20
+    assert counts == {
+        "import_dataset": 9, "preprocess": 9, "model_config": n_models, "train": n_models,
+        "register_model": n_models, "evaluate": n_models + 4,
+        "baseline": 2 * liver_pairs + 2 * brain_pairs, "gather_baseline": 4,
+        "supervision_targets": 2 * 2000, "gather_targets": 2,  # 2000 of LiTS' / ADNI's pairs
+        "prealign": sum(-(-n // 20) for n in prealigned), "gather_prealign": 5,
+        "study_spec": 2, "tables": 2, "figures": 2, "claims": 1, "runtime_summary": 1,
+        "all": 1}
+    # (threads, gpus, MB, minutes): GPU jobs gpu_threads 4 and one GPU; CPU jobs `threads` 8
+    assert requests(jobs["train"]) == {(4, 1, 64000, 2880)}
+    # inference: 15 min + 0.1 min per test pair
+    assert requests(jobs["register_model"]) == {(4, 1, 32000, 15 + 38), (4, 1, 32000, 15 + 156)}
+    # one pair per job: 15 min + 60 min (the paper's ANTs) or + 5 min (Elastix) at 128^3
+    assert requests([j for j in jobs["baseline"] if j["wildcards"]["tool"] == "ants"]) == {
+        (8, 0, 16000, 75)}
+    assert requests([j for j in jobs["baseline"] if j["wildcards"]["tool"] == "elastix"]) == {
+        (8, 0, 16000, 20)}
+    assert requests(jobs["supervision_targets"]) == {(8, 0, 16000, 75)}
+    # pre-alignment: 15 min + 5 min per subject, 20 subjects per job (last chunks smaller)
+    assert {j["resources"]["runtime"] for j in jobs["prealign"]} == {
+        15 + 5 * n for n in (20, 7, 18, 1, 13)}  # 67 = 3x20 + 7, 318, 1101, 973 likewise
+    # evaluation with 8 processes: 15 min + 0.5 min per pair / 8
+    assert requests(jobs["evaluate"]) == {(8, 0, 24000, 15 + 24), (8, 0, 24000, 15 + 98)}
+    # preprocessing: 15 min + 1 min per CT (LiTS 131, BFH 92, SLIVER07 20), 0.2 per T1
+    assert {(j["wildcards"]["dataset"], j["resources"]["runtime"]) for j in jobs["preprocess"]} \
+        == {("lits", 146), ("bfh", 107), ("sliver07", 35), ("adni", 29), ("abide1", 79),
+            ("abide2", 236), ("adhd", 210), ("lpba40", 23), ("loni_atlas", 16)}
+    longest = max(j["resources"]["runtime"] for rule, js in jobs.items() if rule != "train"
+                  for j in js if "runtime" in j["resources"])
+    assert longest <= 240, longest
+    assert not any(j["resources"].get("gpu") for rule, js in jobs.items()
+                   if rule not in ("train", "register_model") for j in js)
+
+
+def test_gpu_config_dry_run(tmp_path, monkeypatch):
+    """config/gpu.yaml (embedded data): the same plan with generated datasets."""
+    cfg = yaml.safe_load((ROOT / "config" / "gpu.yaml").read_text())
+    jobs = by_rule(slurm_dry_run(tmp_path, ROOT / "config" / "gpu.yaml"))
+    counts = {rule: len(js) for rule, js in jobs.items()}
+    n_models = 11 + 10  # brain: one data-amount subset
+    assert counts["train"] == counts["register_model"] == n_models
+    assert counts["baseline"] == 4 * 380 and counts["gather_baseline"] == 4
+    assert counts["supervision_targets"] == 2 * 200
+    assert counts["prealign"] == 8 + 8 + 1  # brain_a, brain_b (150 each), brain_test (20)
+    assert counts["make_embedded"] == len(cfg["datasets"]) and counts["ground_truth"] == 2
+    assert requests(jobs["train"]) == {(4, 1, 64000, 2880)}
+    assert requests(jobs["baseline"]) == {(16, 0, 16000, 75), (16, 0, 16000, 20)}
+    assert requests(jobs["ground_truth"]) == {(16, 0, 16000, 15 + 12)}  # 380 pairs / 16 x 0.5
+    assert max(j["resources"]["runtime"] for rule, js in jobs.items() if rule != "train"
+               for j in js if "runtime" in j["resources"]) <= 240
+
+
+def test_trainings_ask_for_a_gpu_only_where_one_is_used(tmp_path):
+    """`device: auto` is decided when the DAG is built, without torch: with no GPU on the
+    machine (nvidia-smi) the trainings ask for no `gpu` and get `threads`, so `--cores` runs
+    them side by side; with one, each asks for one GPU and gets `gpu_threads`."""
+    def train_jobs(**env):
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n",
+             "--directory", str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"),
+             "--workflow-profile", str(ROOT / "profiles" / "default")],
+            capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+        assert proc.returncode == 0, proc.stderr
+        jobs = by_rule(dry_run_jobs(proc.stdout.split("Job stats:")[1]))
+        return jobs["train"] + jobs["register_model"]
+
+    cpu = train_jobs(VTN_FAKE_GPUS="0")
+    assert {(j["threads"], j["resources"]["gpu"]) for j in cpu} == {(2, 0)}
+    assert all("--device cpu" in j["shell"] for j in cpu)
+    gpu = train_jobs(VTN_FAKE_GPUS="1")
+    assert {(j["threads"], j["resources"]["gpu"]) for j in gpu} == {(4, 1)}
+    assert all("--device cuda" in j["shell"] for j in gpu)
 
 
 def test_lint():

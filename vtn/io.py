@@ -231,7 +231,7 @@ def read_pairs(path):
 
 #: on-disk types of displacement files: float32, or int16 scaled by ``scl_slope`` (16 bits;
 #: NIfTI-1 has no float16): largest error (max - min) / 131070 voxels, e.g. 0.001 voxel for
-#: displacements within +-64 voxels; ~3x smaller gzipped (docs: config/README.md)
+#: displacements within +-64 voxels; about half the size gzipped (docs: config/README.md)
 DISP_DTYPES = ("float32", "int16")
 
 

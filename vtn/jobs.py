@@ -12,6 +12,7 @@ when the DAG is built, so that the number of jobs is known without a checkpoint:
   (ANTs/Elastix baselines and supervision targets: ``baseline_chunk`` pairs each; atlas
   pre-alignment: ``prealign_chunk`` subjects each), named ``START-STOP`` (0-based, STOP
   exclusive, zero-padded).
+* :func:`eval_processes`: the worker processes of an evaluation job.
 * :func:`runtime_minutes`: a job's time limit (SLURM ``--time``) from per-item estimates
   (:data:`PER_ITEM_MINUTES`, at 128^3 on the job's threads, scaled by ``(S/128)^3``), plus
   :data:`START_MINUTES`, times the attempt (a retried job gets more time).
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 
 __all__ = ["n_subjects", "n_pairs", "chunks", "chunk_rows", "parse_rows", "PER_ITEM_MINUTES",
-           "START_MINUTES", "runtime_minutes"]
+           "START_MINUTES", "runtime_minutes", "eval_processes"]
 
 #: minutes per item at 128^3 on the job's threads (2 cores measured or estimated; more threads
 #: only help): a pair for registrations and evaluation, a subject for preprocessing and
@@ -93,6 +94,12 @@ def parse_rows(text: str) -> tuple:
     if not 0 <= start < stop:
         raise ValueError(f"rows {text!r}: expected 0 <= START < STOP")
     return start, stop
+
+
+def eval_processes(pairs: int, threads: int) -> int:
+    """Worker processes of an evaluation job (``vtn evaluate --jobs``): one per 50 pairs (a
+    worker's start-up costs seconds), at most ``threads``, at least 1."""
+    return max(1, min(int(threads), math.ceil(pairs / 50)))
 
 
 def runtime_minutes(kind: str, items: int, image_size: int, attempt: int = 1) -> int:

@@ -87,7 +87,7 @@ class TrainConfig:
                                "log): step, losses, steps/s, ETA, GPU memory", minimum=1,
                                study={"description": True})
     sync_every: int | None = _key(None, (int,), "steps between host reads of the loss (NaN "
-                                  "check, log rows, progress bar); None: 1 on CPU, 50 on CUDA",
+                                  "check, log rows, progress lines); None: 1 on CPU, 50 on CUDA",
                                   minimum=1)
     fast: bool | None = _key(None, (bool,), "bf16 autocast + channels_last; None: on CUDA",
                              study={"default": True})

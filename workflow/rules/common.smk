@@ -9,7 +9,9 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir).resolve()))  # the repo's vtn, also without install
 sys.path.insert(0, str(Path(workflow.basedir).resolve().parent))
-from vtn import study as S  # noqa: E402  (no torch)
+from vtn import jobs as J  # noqa: E402  (no torch)
+from vtn import study as S  # noqa: E402
+from vtn.device import gpu_request  # noqa: E402  (torch imported only when a device is used)
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -19,7 +21,13 @@ DATASETS = config["datasets"]
 STUDIES = config["studies"]
 THREADS = config["threads"]
 RES = config["resources"]
-USE_GPU = 0 if config["device"] == "cpu" else 1
+SIZE = config["image_size"]
+# GPU jobs (train, register_model): the `gpu` resource they ask for (device: cuda -> 1, cpu -> 0,
+# auto -> 1 when this machine has an NVIDIA GPU; without one, trainings run side by side up to
+# --cores), their threads and the --device they pass (cuda fails at once without CUDA).
+USE_GPU = gpu_request(config["device"])
+GPU_THREADS = config["gpu_threads"] if USE_GPU else THREADS
+DEVICE = "cuda" if USE_GPU else "cpu"
 EMBEDDED = [n for n, d in DATASETS.items() if d["source"] == "embedded"]
 USER = [n for n, d in DATASETS.items() if d["source"] != "embedded"]
 
@@ -41,6 +49,7 @@ wildcard_constraints:
     model=_alt({m for st in STUDIES for m in MODELS[st]}),
     method=_alt({m for st in STUDIES for m in METHODS[st]}),
     tool=_alt(S.BASELINE_TOOLS),
+    chunk=r"\d+-\d+",
 
 
 def model_desc(wc):
@@ -134,6 +143,49 @@ def data_figure(dataset):
 
 def benchmark(rule, *keys):
     return str(Path("benchmarks", rule, *keys)) + ".tsv"
+
+
+def chunk_dir(study, kind, chunk):
+    """One chunk job's folder (temporary: gathered by hard links); kind: the tool, "targets" or
+    "prealign/<dataset>"."""
+    return f"results/chunks/{study}/{kind}/{chunk}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunks: known when the DAG is built (vtn.jobs), no checkpoint
+# ---------------------------------------------------------------------------------------------
+
+_SUBJECTS = {}
+
+
+def n_subjects(dataset):
+    if dataset not in _SUBJECTS:
+        _SUBJECTS[dataset] = J.n_subjects(config, dataset)
+    return _SUBJECTS[dataset]
+
+
+def pair_chunks(dataset):
+    """Chunk names of the rows of a dataset's pairs.csv, baseline_chunk pairs each."""
+    return J.chunks(J.n_pairs(config, dataset, n_subjects(dataset)), config["baseline_chunk"])
+
+
+def subject_chunks(dataset):
+    """Chunk names of the rows of a dataset's preprocessed subjects.csv, prealign_chunk each."""
+    return J.chunks(n_subjects(dataset), config["prealign_chunk"])
+
+
+def test_pair_count(study):
+    test = test_set(study)
+    return J.n_pairs(config, test, n_subjects(test))
+
+
+def chunk_items(chunk):
+    start, stop = J.chunk_rows(chunk)
+    return stop - start
+
+
+def rows_arg(chunk):
+    return ":".join(map(str, J.chunk_rows(chunk)))
 
 
 def organ_reference(dataset):
@@ -236,12 +288,15 @@ def benchmark_files():
         if DATASETS[test]["source"] == "embedded" and needs_gt:
             files.append(benchmark("ground_truth", test))
         prealigned = {d for m in MODELS[st].values() if m["star"] for d in m["train"] + [test]}
-        files += [benchmark("prealign", st, d) for d in sorted(prealigned)]
+        files += [benchmark("prealign", st, d, c) for d in sorted(prealigned)
+                  for c in subject_chunks(d)]
         if any(m["supervised"] for m in MODELS[st].values()):
-            files.append(benchmark("supervision_targets", st))
+            files += [benchmark("supervision_targets", st, c)
+                      for c in pair_chunks(S.supervised_dataset(config, st))]
         files += [benchmark("train", st, m) for m in MODELS[st]]
         files += [benchmark("register", st, m) for m in MODELS[st]]
-        files += [benchmark("baseline", st, t) for t in BASELINES[st]]
+        files += [benchmark("baseline", st, t, c) for t in BASELINES[st]
+                  for c in pair_chunks(test)]
         files += [benchmark("evaluate", st, m) for m in METHODS[st]]
         files.append(benchmark("figures", st))
     return list(dict.fromkeys(files))

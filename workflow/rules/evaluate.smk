@@ -15,12 +15,16 @@ rule evaluate:
         "logs/evaluate/{study}/{method}.log",
     benchmark:
         benchmark("evaluate", "{study}", "{method}")
-    threads: 1
+    threads: lambda wc: J.eval_processes(test_pair_count(wc.study), THREADS)
+    resources:
+        runtime=lambda wc, threads, attempt: J.runtime_minutes(
+            "evaluate", test_pair_count(wc.study) / threads, SIZE, attempt
+        ),
     conda:
         "../envs/vtn.yaml"
     shell:
         "python -m vtn evaluate --subjects {input.subjects} --pairs {input.pairs} --reg {input.reg}"
         " --method {wildcards.method} --study {wildcards.study} --organ {params.organ}"
         " --data-source {params.source:q} --out {output.metrics} --labels-out {output.labels}"
-        " {params.extra} > {log} 2>&1"
+        " --jobs {threads} {params.extra} > {log} 2>&1"
 

@@ -21,6 +21,10 @@ rule preprocess:
     benchmark:
         benchmark("preprocess", "{dataset}")
     threads: 1
+    resources:
+        runtime=lambda wc, attempt: J.runtime_minutes(
+            f"preprocess/{DATASETS[wc.dataset]['organ']}", n_subjects(wc.dataset), SIZE, attempt
+        ),
     conda:
         "../envs/vtn.yaml"
     shell:
@@ -44,6 +48,13 @@ rule ground_truth:
     benchmark:
         benchmark("ground_truth", "{embedded}")
     threads: THREADS
+    resources:
+        runtime=lambda wc, attempt: J.runtime_minutes(
+            "ground_truth",
+            J.n_pairs(config, wc.embedded, n_subjects(wc.embedded)) / THREADS,
+            SIZE,
+            attempt,
+        ),
     conda:
         "../envs/vtn.yaml"
     shell:
@@ -52,24 +63,51 @@ rule ground_truth:
 
 
 rule prealign:
+    # one chunk of `prealign_chunk` subjects (rows START-STOP of the preprocessed table)
     input:
         subjects=lambda wc: prep_csv(wc.dataset),
         atlas=lambda wc: prep_csv(STUDIES[wc.study]["atlas"]["dataset"]),
     output:
-        prealigned_csv("{study}", "{dataset}"),
+        temp(directory(chunk_dir("{study}", "prealign/{dataset}", "{chunk}"))),
     params:
         atlas=lambda wc, input: (
             f"{Path(input.atlas).parent}/{STUDIES[wc.study]['atlas']['subject']}_image.nii.gz"
         ),
-        out=lambda wc, output: str(Path(output[0]).parent),
         preset=lambda wc: BASELINES[wc.study].get("ants", "fast"),
+        rows=lambda wc: rows_arg(wc.chunk),
     log:
-        "logs/prealign/{study}/{dataset}.log",
+        "logs/prealign/{study}/{dataset}/{chunk}.log",
     benchmark:
-        benchmark("prealign", "{study}", "{dataset}")
+        benchmark("prealign", "{study}", "{dataset}", "{chunk}")
     threads: THREADS
+    resources:
+        runtime=lambda wc, attempt: J.runtime_minutes(
+            f"prealign/{BASELINES[wc.study].get('ants', 'fast')}",
+            chunk_items(wc.chunk),
+            SIZE,
+            attempt,
+        ),
     conda:
         "../envs/vtn.yaml"
     shell:
-        "python -m vtn prealign --subjects {input.subjects} --atlas {params.atlas} --out {params.out}"
-        " --threads {threads} --preset {params.preset} > {log} 2>&1"
+        "python -m vtn prealign --subjects {input.subjects} --atlas {params.atlas} --out {output}"
+        " --threads {threads} --preset {params.preset} --rows {params.rows} > {log} 2>&1"
+
+
+rule gather_prealign:
+    input:
+        subjects=lambda wc: prep_csv(wc.dataset),
+        parts=lambda wc: [
+            chunk_dir(wc.study, f"prealign/{wc.dataset}", c) for c in subject_chunks(wc.dataset)
+        ],
+    output:
+        prealigned_csv("{study}", "{dataset}"),
+    params:
+        out=lambda wc, output: str(Path(output[0]).parent),
+    log:
+        "logs/gather_prealign/{study}/{dataset}.log",
+    conda:
+        "../envs/vtn.yaml"
+    shell:
+        "python -m vtn gather --parts {input.parts} --subjects {input.subjects} --out {params.out}"
+        " > {log} 2>&1"

@@ -9,6 +9,9 @@ localrules:
     tables,
     claims,
     runtime_summary,
+    gather_baseline,
+    gather_targets,
+    gather_prealign,
 
 
 rule study_spec:

@@ -32,18 +32,20 @@ rule train:
             if "targets" in input.keys()
             else ""
         ),
-        device=config["device"],
+        device=DEVICE,
         ckpt_dir=lambda wc: model_file(wc.study, wc.model, "ckpt"),
     log:
         "logs/train/{study}/{model}.log",
     benchmark:
         benchmark("train", "{study}", "{model}")
-    threads: THREADS
+    threads: GPU_THREADS
     resources:
         gpu=USE_GPU,
     conda:
         "../envs/vtn.yaml"
+    # exec: SIGTERM (SLURM's time limit, pre-emption) reaches the training itself, which
+    # checkpoints its current step and exits 75; the retry resumes from there
     shell:
-        "python -m vtn train --subjects {input.subjects} --config {input.config} --out {output.ckpt}"
+        "exec python -m vtn train --subjects {input.subjects} --config {input.config} --out {output.ckpt}"
         " --log {output.log} --device {params.device} --ckpt-dir {params.ckpt_dir}"
         " {params.targets} > {log} 2>&1"
