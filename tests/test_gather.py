@@ -89,8 +89,9 @@ def test_gather_refuses_incomplete_or_overlapping_chunks(tmp_path):
             (d / f).write_text("x")
         return d
 
-    p1 = part("p1", [("a", "b")], ["disp_a_b.nii.gz"])
-    p2 = part("p2", [("b", "c")], ["disp_b_c.nii.gz"])
+    # hidden files (Snakemake's .snakemake_timestamp in directory outputs) are not gathered
+    p1 = part("p1", [("a", "b")], ["disp_a_b.nii.gz", ".snakemake_timestamp"])
+    p2 = part("p2", [("b", "c")], ["disp_b_c.nii.gz", ".snakemake_timestamp"])
     with pytest.raises(InputError, match=r"hold 2 of its 3 pairs; missing: c,a"):
         gather_registrations([p1, p2], pairs, tmp_path / "out")
     p3 = part("p3", [("c", "a"), ("a", "b")])
@@ -105,4 +106,8 @@ def test_gather_refuses_incomplete_or_overlapping_chunks(tmp_path):
     with pytest.raises(InputError, match="chunk folder not found"):
         gather_registrations([p1, tmp_path / "nope"], pairs, tmp_path / "out")
     assert not (tmp_path / "out" / "times.csv").exists()  # nothing half-written as finished
+    p6 = part("p6", [("c", "a")], ["disp_c_a.nii.gz"])
+    gather_registrations([p1, p2, p6], pairs, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "disp_a_b.nii.gz", "disp_b_c.nii.gz", "disp_c_a.nii.gz", "method.json", "times.csv"]
 

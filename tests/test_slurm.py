@@ -116,14 +116,15 @@ def snakemake(args, env, cwd, timeout=1500, python=None):
 
 def on_slurm(cluster, workdir, configfile, targets=(), *extra, profile=PROFILE, jobs=8):
     """The workflow through `--executor slurm --workflow-profile profiles/slurm`."""
-    return snakemake(["--directory", str(workdir), "--configfile", str(configfile), *targets,
+    # targets first: --configfile takes every word up to the next option
+    return snakemake([*targets, "--directory", str(workdir), "--configfile", str(configfile),
                       "--executor", "slurm", "--workflow-profile", str(profile), "-j", str(jobs),
                       *FAST_POLL, *extra], env=_env(cluster.env()), cwd=workdir,
                      python=SUBMIT_PYTHON)
 
 
 def locally(workdir, configfile, targets=(), *extra):
-    return snakemake(["--directory", str(workdir), "--configfile", str(configfile), *targets,
+    return snakemake([*targets, "--directory", str(workdir), "--configfile", str(configfile),
                       "--cores", "2", "--workflow-profile", str(ROOT / "profiles" / "default"),
                       *extra], env=_env(), cwd=workdir)
 

@@ -40,6 +40,8 @@ def link_into(src: Path, dst: Path) -> bool:
     Returns:
         True if linked, False if copied.
     """
+    if dst.exists() and os.path.samefile(src, dst):
+        return True  # linked by an earlier run (rename() would leave the temporary link behind)
     with atomic_write(dst) as tmp:
         tmp.unlink(missing_ok=True)  # left by a killed earlier run
         try:
@@ -53,11 +55,13 @@ def link_into(src: Path, dst: Path) -> bool:
 
 
 def _link_files(parts, out: Path) -> tuple:
-    """Link every file of every part into ``out`` except the tables; ``(linked, copied)``."""
+    """Link every file of every part into ``out`` except the tables and hidden files (e.g.
+    Snakemake's ``.snakemake_timestamp`` of a directory output); ``(linked, copied)``."""
     out.mkdir(parents=True, exist_ok=True)
     owner, linked, copied = {}, 0, 0
     for part in parts:
-        for src in sorted(p for p in part.iterdir() if p.is_file() and p.name not in _TABLES):
+        for src in sorted(p for p in part.iterdir() if p.is_file() and p.name not in _TABLES
+                          and not p.name.startswith(".")):
             if src.name in owner:
                 raise InputError(f"{src}: also in chunk {owner[src.name]} (chunks overlap)")
             owner[src.name] = part

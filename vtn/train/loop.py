@@ -238,7 +238,7 @@ def _start(cfg: TrainConfig, subject_csvs, dev, targets, target_pairs, ckpt_dir:
                 forward, criterion, ckpt_dir)
 
 
-def _resume(run: _Run) -> None:
+def _resume(run: _Run, log) -> None:
     """Continue from the latest periodic checkpoint of ``run.ckpt_dir``, if there is one."""
     latest = latest_checkpoint(run.ckpt_dir)
     run.last_ckpt = latest
@@ -255,7 +255,7 @@ def _resume(run: _Run) -> None:
     run.opt.load_state_dict(ckpt["optimizer_state"])
     run.step, run.elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
     set_rng_state(ckpt["rng"])
-    print(f"vtn train: resuming from {latest} (step {run.step})", file=sys.stderr)
+    log(f"resuming from {latest} (step {run.step})")
 
 
 def _batch(run: _Run):
@@ -380,7 +380,7 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
     say = logger("vtn train")
     dev = resolve_device(device, log=say)
     run = _start(cfg, subject_csvs, dev, targets, target_pairs, ckpt_dir)
-    _resume(run)
+    _resume(run, say)
     stop = cfg.total_steps if max_steps is None else min(int(max_steps), cfg.total_steps)
     if run.dev.type == "cuda" and run.images.numel() * 4 < 8 * 2**30:
         run.images = run.images.to(run.dev)
