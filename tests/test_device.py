@@ -97,6 +97,9 @@ def _job(tmp_path, device="cuda", hold=0.0, **env):
 def test_gpu_request_from_the_config_device(monkeypatch):
     from vtn.device import gpu_request, host_gpus
 
+    for var in ("SLURM_JOB_ID", "CUDA_VISIBLE_DEVICES", "SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS",
+                "SLURM_STEP_GPUS"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("VTN_FAKE_GPUS", "3")
     assert host_gpus() == 3
     assert [gpu_request(d) for d in ("cpu", "cuda", "auto")] == [0, 1, 1]
@@ -105,6 +108,15 @@ def test_gpu_request_from_the_config_device(monkeypatch):
     assert [gpu_request(d) for d in ("cpu", "cuda", "auto")] == [0, 1, 0]
     with pytest.raises(ValueError, match="device must be"):
         gpu_request("gpu")
+    # inside a SLURM job `auto` follows the job's allocation, not the node's GPUs
+    monkeypatch.setenv("VTN_FAKE_GPUS", "4")
+    monkeypatch.setenv("SLURM_JOB_ID", "12")
+    assert gpu_request("auto") == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert gpu_request("auto") == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "2")
+    assert gpu_request("auto") == 1 and gpu_request("cpu") == 0
     monkeypatch.setenv("VTN_FAKE_GPUS", "two")
     with pytest.raises(ValueError, match="VTN_FAKE_GPUS"):
         host_gpus()

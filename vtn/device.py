@@ -78,15 +78,27 @@ def host_gpus() -> int:
         return 0
 
 
+def _slurm_gpus() -> bool:
+    """Whether the SLURM allocation this process runs in has GPUs."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+        return True
+    return any(os.environ.get(k, "").strip() not in ("", "0")
+               for k in ("SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"))
+
+
 def gpu_request(device: str) -> int:
     """GPUs a GPU job of the workflow asks for (the ``gpu`` resource): 0 for ``device: cpu``,
-    1 for ``cuda``, for ``auto`` 1 when :func:`host_gpus` finds one on the machine that builds
-    the DAG (on a cluster, set ``cuda`` or ``cpu``: the submit host decides ``auto``)."""
+    1 for ``cuda``; for ``auto`` 1 when :func:`host_gpus` finds one on the machine that builds
+    the DAG -- inside a SLURM job (a rule's job re-reads the workflow there), when the job's
+    allocation has GPUs, so that it agrees with what the submit host asked for. On a cluster
+    say ``cuda`` or ``cpu``: ``auto`` is decided by the submit host, which rarely has a GPU."""
     if device == "cpu":
         return 0
     if device == "cuda":
         return 1
     if device == "auto":
+        if os.environ.get("SLURM_JOB_ID"):
+            return 1 if _slurm_gpus() else 0
         return 1 if host_gpus() > 0 else 0
     raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
 
