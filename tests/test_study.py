@@ -35,17 +35,20 @@ def default():
 
 def test_models_of_the_default_study(default):
     liver = S.models(default, "liver")
-    assert list(liver) == ["D", "DD", "DDD", "AD", "ADD", "ADDD", "ADDD-inv", "supervised",
-                           "voxelmorph", "ADDD-data-set-a", "ADDD-data-set-b"]
+    assert list(liver) == ["D", "DD", "DDD", "AD", "ADD", "ADDD", "ADDD-inv", "ADDD-inv-all",
+                           "supervised", "voxelmorph", "ADDD-data-set-a", "ADDD-data-set-b"]
+    assert liver["ADDD-inv-all"]["ablation"] and not liver["ADDD-inv"]["ablation"]
     assert liver["ADDD-inv"]["inv"] and liver["ADDD-inv"]["cascade"] == "ADDD"
     assert liver["voxelmorph"]["type"] == "voxelmorph2" and not liver["voxelmorph"]["star"]
     assert liver["ADDD-data-set-a"]["train"] == ["liver_a"]
     assert liver["ADDD-data-set-a"]["data_label"] == "set A"
     brain = S.models(default, "brain")
-    assert list(brain) == ["AD", "ADD", "D-star", "DD-star"]
+    assert list(brain) == ["AD", "ADD", "ADD-inv", "D-star", "DD-star", "DD-star-data-set-a"]
     assert brain["DD-star"]["star"] and brain["DD-star"]["display"] == "VTN DD\u2605"
+    assert brain["DD-star-data-set-a"]["star"] and brain["DD-star-data-set-a"]["train"] == [
+        "brain_a"]
     assert S.methods(default, "liver")[-2:] == ["ants", "elastix"]
-    assert S.methods(default, "brain") == ["AD", "ADD", "D-star", "DD-star", "elastix"]
+    assert S.methods(default, "brain")[-2:] == ["ants", "elastix"]
     assert S.has_star(default, "brain") and not S.has_star(default, "liver")
 
 
@@ -62,16 +65,39 @@ def test_model_configs_are_valid_train_configs(default):
     assert S.model_config(default, "liver", "ADDD")["augment"] is True
     assert S.model_config(default, "liver", "ADDD-inv")["inv_weight"] == 1e-3
     assert S.model_config(default, "liver", "ADDD")["inv_weight"] == 0.0
+    assert "inv_reverse_terms" not in S.model_config(default, "liver", "ADDD-inv")  # inv_only
+    assert S.model_config(default, "liver", "ADDD-inv-all")["inv_reverse_terms"] == "all"
     vm = S.model_config(default, "liver", "voxelmorph")
-    assert (vm["type"], vm["epochs"], vm["iterations"], vm["batch"]) == ("voxelmorph2", 1, 400, 2)
+    v = default["voxelmorph"]
+    assert (vm["type"], vm["epochs"], vm["iterations"], vm["batch"], vm["lr"]) == (
+        "voxelmorph2", v["epochs"], v["iterations"], v["batch"], v["lr"])
     assert "flow_init_scale" not in vm
-    assert S.model_config(default, "liver", "D")["flow_init_scale"] == 0.05
+    t = default["training"]
+    d = S.model_config(default, "liver", "D")
+    assert (d["epochs"], d["iterations"], d["lr"], d["lr_schedule"]) == (
+        t["epochs"], t["iterations"], t["lr"], t["lr_schedule"])
+
+
+def test_recipe_departures_are_named():
+    cfg = validated("paper.yaml")
+    assert S.recipe_departures(cfg) == []  # the paper's own recipe
+    cfg["training"]["lr"] = 1e-3
+    cfg["voxelmorph"]["epochs"] = 5
+    cfg["image_size"] = 32
+    assert S.recipe_departures(cfg) == ["image_size = 32 (paper: 128)",
+                                        "training.lr = 0.001 (paper: 0.0001)",
+                                        "voxelmorph.epochs = 5 (paper: 1)"]
+    spec = S.spec(cfg, "liver")
+    assert any(n.startswith("Departures from the paper's training recipe") and
+               "training.lr = 0.001" in n for n in spec["method_notes"])
 
 
 def test_spec_of_the_default_study(default):
     spec = S.spec(default, "liver")
     assert spec["tables"]["methods"] == ["ants", "elastix", "voxelmorph", "ADDD", "ADDD-inv",
                                          "supervised"]
+    assert spec["tables"]["ablation"] == [{"method": "ADDD-inv-all", "versus": "ADDD-inv"}]
+    assert spec["methods"]["ADDD-inv-all"]["ablation"]
     assert spec["tables"]["cascades"] == ["D", "DD", "DDD", "AD", "ADD", "ADDD"]
     assert spec["tables"]["data_amount"][-1] == {"label": "liver_a + liver_b", "method": "ADDD"}
     assert {"a": "ADDD-inv", "b": "ADDD", "metrics": ["iou", "lm_dist_vox", "folding_pct"]} \

@@ -45,20 +45,21 @@ def test_default_config_dry_run(tmp_path):
     counts = dry_run(tmp_path, ROOT / "config" / "config.yaml")
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     n_datasets = len(cfg["datasets"])
-    # liver: 6 cascades + ADDD-inv + supervised + voxelmorph + 2 data-amount; brain: 2 + 2 star
-    n_models = 11 + 4
-    n_methods = n_models + 2 + 1  # liver ants + elastix, brain elastix
+    # liver: 6 cascades + ADDD-inv + its ablation + supervised + voxelmorph + 2 data-amount;
+    # brain: 2 cascades + ADD-inv + 2 star + 1 data-amount (DD-star on set A)
+    n_models = 12 + 6
+    n_methods = n_models + 2 + 2  # ANTs and Elastix in both studies
     assert counts == {
         "fetch_resources": 2,
         "make_embedded": n_datasets,
         "preprocess": n_datasets,
         "ground_truth": 2,
-        "prealign": 2,
+        "prealign": 3,  # brain_a, brain_b, brain_test
         "model_config": n_models,
         "train": n_models,
         "supervision_targets": 1,
         "register_model": n_models,
-        "baseline": 3,
+        "baseline": 4,
         "evaluate": n_methods,
         "study_spec": 2,
         "tables": 2,
@@ -67,7 +68,7 @@ def test_default_config_dry_run(tmp_path):
         "runtime_summary": 1,
         "all": 1,
         "total": sum(
-            [2, n_datasets, n_datasets, 2, 2, n_models, n_models, 1, n_models, 3, n_methods,
+            [2, n_datasets, n_datasets, 2, 3, n_models, n_models, 1, n_models, 4, n_methods,
              2, 2, 2, 1, 1, 1]
         ),
     }
