@@ -42,8 +42,18 @@ def run_workflow(work, config: dict):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """The tiny study with every kind of method (VTN with and without an affine subnet,
+    VoxelMorph-2, ANTs, Elastix, a star model on ANTs-pre-aligned brains) and native outputs."""
     cfg = yaml.safe_load(TINY.read_text())
     cfg.update(resources=str(RESOURCES), outputs={"native_space": True})
+    cfg["studies"]["liver"].update(voxelmorph=True, baselines={"ants": "fast", "elastix": "fast"})
+    cfg["datasets"].update(
+        brain_train={"source": "embedded", "organ": "brain", "n": 2, "seed": 3},
+        brain_test={"source": "embedded", "organ": "brain", "n": 2, "seed": 4},
+        brain_atlas={"source": "embedded", "organ": "brain", "n": 1, "seed": 5})
+    cfg["studies"]["brain"] = {
+        "organ": "brain", "train": ["brain_train"], "test": "brain_test", "main": "AD",
+        "star_cascades": ["D"], "atlas": {"dataset": "brain_atlas", "subject": "brain_atlas000"}}
     return run_workflow(tmp_path_factory.mktemp("tiny"), cfg)
 
 
@@ -90,8 +100,8 @@ def test_html_report(tiny_run):
     work = tiny_run
     report = work / "results" / "report.html"
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
-           "--directory", str(work), "--configfile", str(ROOT / "tests" / "configs" / "tiny.yaml"),
-           "--config", f"resources={RESOURCES}", "--report", str(report)]
+           "--directory", str(work), "--configfile", str(work.parent / f"{work.name}.yaml"),
+           "--report", str(report)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = report.read_text(errors="replace")
@@ -138,7 +148,7 @@ def _sitk_warp(warp, fixed, moving, labels=False):
     return sitk.GetArrayFromImage(out).T
 
 
-def check_native(work, study, method, test, prep_dir, expect_outside):
+def check_native(work, study, method, test, prep_dir, expect_outside, whole_scan=False):
     """Every test pair of a method in the original space: the ITK warp applied by SimpleITK to
     the raw moving scan equals our warped scan (1e-3 of its intensity range, inside the moving
     scan); the landmarks carried by the native map equal the method's own prep-grid landmarks
@@ -151,7 +161,9 @@ def check_native(work, study, method, test, prep_dir, expect_outside):
     for p in summary["pairs"]:
         f, m = p["fixed"], p["moving"]
         assert p["outside"] == expect_outside
-        assert 1 < p["inside_crop_percent"] < 100  # the crop box is part of the scan
+        # the crop box is part of the scan (brains: the crop can take the whole scan)
+        share = p["inside_crop_percent"]
+        assert 1 < share <= 100 and (whole_scan or share < 100)
         fm, mm = (json.loads((prep_dir / f"{s}_prep.json").read_text()) for s in (f, m))
         fixed_raw, moving_raw = Path(fm["raw_image"]), Path(mm["raw_image"])
         f_img, m_img = nib.load(str(fixed_raw)), nib.load(str(moving_raw))
@@ -193,17 +205,37 @@ def check_native(work, study, method, test, prep_dir, expect_outside):
 
 
 def test_native_space_outputs_for_every_method(tiny_run):
-    """outputs: native_space -- every method (VTN with and without an affine subnet, Elastix)
-    in the original space of the embedded scans; outside the crop box the affine part where the
-    method has one (vtn register's affine_<f>_<m>.json)."""
+    """outputs: native_space -- every method (VTN with and without an affine subnet,
+    VoxelMorph-2, ANTs, Elastix, a star model) in the original space of the embedded scans;
+    outside the crop box the affine part where the method has one (vtn register's
+    affine_<f>_<m>.json)."""
     work = tiny_run
     prep = work / "results/data/liver_test/prep"
     regs = work / "results/registrations/liver"
     assert len(list((regs / "AD").glob("affine_*.json"))) == 4
     assert not list((regs / "D").glob("affine_*.json"))
-    for method, outside in (("AD", "affine"), ("D", "identity"), ("elastix", "identity")):
+    for method, outside in (("AD", "affine"), ("D", "identity"), ("voxelmorph", "identity"),
+                            ("ants", "identity"), ("elastix", "identity")):
         check_native(work, "liver", method, "liver_test", prep, outside)
     assert (work / "benchmarks/native_space/liver/elastix.tsv").exists()
+    # a star model: registered on the atlas grid, written on the original brain scans
+    star = check_native(work, "brain", "D-star", "brain_test",
+                        work / "results/prealign/brain/brain_test", "identity", whole_scan=True)
+    assert star["subjects"].endswith("results/prealign/brain/brain_test/subjects.csv")
+    check_native(work, "brain", "AD", "brain_test", work / "results/data/brain_test/prep", "affine",
+                 whole_scan=True)
+
+
+def test_star_model_is_packaged_with_its_atlas(tiny_run):
+    from vtn.io import load_volume
+    from vtn.recipe import load_package
+
+    work = tiny_run
+    _, pkg = load_package(work / "results/models/brain/D-star/model.pt")
+    atlas, _ = load_volume(work / "results/data/brain_atlas/prep/brain_atlas000_image.nii.gz")
+    np.testing.assert_array_equal(pkg["recipe"]["prealign"]["atlas_image"].numpy(), atlas)
+    assert pkg["recipe"]["organ"] == "brain" and pkg["recipe"]["prealign"]["preset"] == "fast"
+    assert "pre-aligned to the atlas brain_atlas000" in pkg["card"]["training_data"]["source"]
 
 
 VAL_PAIRS = (("0005", "0006"), ("0006", "0007"), ("0007", "0005"))
