@@ -353,6 +353,21 @@ def test_model_and_organ_errors(packaged, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def _vtn_subprocess(*args):
+    """``python -m vtn ARGS`` in a fresh process (one ITK thread); returns its stderr."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "vtn", *map(str, args)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
 @pytest.fixture(scope="module")
 def star_study(tmp_path_factory):
     """A star model: three liver CTs (s1 on another grid: axes swapped, other spacing),
@@ -362,7 +377,6 @@ def star_study(tmp_path_factory):
     from test_preprocess import AFF, write_subject, write_table
 
     from vtn import train as T
-    from vtn.data import prealign as pa
     from vtn.data import preprocess as pp
 
     torch.set_num_threads(1)
@@ -383,8 +397,10 @@ def star_study(tmp_path_factory):
     pp.preprocess_dataset(table, "liver", 16, raw / "s0.nii.gz", prep,
                           reference_seg=raw / "s0_seg.nii.gz", log=lambda s: None)
     aligned = root / "prep_atlas"
-    pa.prealign_dataset(prep / "subjects.csv", prep / "s0_image.nii.gz", aligned, threads=1,
-                        preset="fast", log=lambda s: None)
+    # ANTs in a fresh process: ITK fixes its thread count at the first ANTs call of a process,
+    # and only one thread makes the registration deterministic (register-images below likewise)
+    _vtn_subprocess("prealign", "--subjects", prep / "subjects.csv", "--atlas",
+                    prep / "s0_image.nii.gz", "--out", aligned, "--threads", "1", "--preset", "fast")
     cfg = dict(type="vtn", cascade="D", image_size=16, epochs=1, iterations=1, batch=2,
                augment=False, checkpoint_every=5, flow_init_scale=0.05)
     ckpt = T.train([aligned / "subjects.csv"], cfg, root / "m" / "checkpoint.pt",
@@ -394,7 +410,7 @@ def star_study(tmp_path_factory):
     return {"raw": raw, "prep": prep, "aligned": aligned, "model": model}
 
 
-def test_star_model_package_and_register_images(star_study, tmp_path, capsys):
+def test_star_model_package_and_register_images(star_study, tmp_path):
     """A model trained on atlas pre-aligned images: the package embeds the atlas; register-images
     aligns both preprocessed scans to it with ANTs as vtn prealign did and maps the result back
     to the ORIGINAL scans through prep_to_raw @ atlas_to_prep -- the same files as vtn.native
@@ -412,14 +428,13 @@ def test_star_model_package_and_register_images(star_study, tmp_path, capsys):
     assert "Atlas pre-alignment (star model)" in star_study["model"].with_suffix(".md").read_text()
 
     out = tmp_path / "out"
-    assert vtn_main(["register-images", "--model", str(star_study["model"]),
-                     str(raw / "s1.nii.gz"), str(raw / "s2.nii.gz"), "--out", str(out),
-                     "--fixed-mask", str(raw / "s1_mask.nii.gz"),
-                     "--moving-mask", str(raw / "s2_mask.nii.gz"),
-                     "--moving-seg", str(raw / "s2_seg.nii.gz"), "--device", "cpu"]) == 0
-    err = capsys.readouterr().err
+    masks = ("--fixed-mask", raw / "s1_mask.nii.gz", "--moving-mask", raw / "s2_mask.nii.gz")
+    err = _vtn_subprocess("register-images", "--model", star_study["model"], raw / "s1.nii.gz",
+                          raw / "s2.nii.gz", "--out", out, *masks, "--moving-seg",
+                          raw / "s2_seg.nii.gz", "--device", "cpu", "--threads", "1")
     assert all(f"[{k}/8]" in err for k in range(1, 9)) and "pre-aligning both scans" in err
     summary = json.loads((out / "registration_s1_s2.json").read_text())
+    assert summary["prealign_threads"] == 1
     metas = {s: json.loads((aligned / f"{s}_prep.json").read_text()) for s in ("s1", "s2")}
     for tag, sid in (("fixed", "s1"), ("moving", "s2")):
         got = np.array(summary["preprocessing"][tag]["atlas_to_prep"])
@@ -452,9 +467,8 @@ def test_star_model_package_and_register_images(star_study, tmp_path, capsys):
     for k in [k for k in zero["model_state"] if "pred0" in k]:
         zero["model_state"][k].zero_()
     torch.save(zero, tmp_path / "zero.pt")
-    RI.register_images(tmp_path / "zero.pt", raw / "s1.nii.gz", raw / "s2.nii.gz", tmp_path / "zero",
-                       fixed_mask=raw / "s1_mask.nii.gz", moving_mask=raw / "s2_mask.nii.gz",
-                       device="cpu", log=lambda s: None)
+    _vtn_subprocess("register-images", "--model", tmp_path / "zero.pt", raw / "s1.nii.gz",
+                    raw / "s2.nii.gz", "--out", tmp_path / "zero", *masks, "--device", "cpu")
     t_f, t_m = (np.array(metas[s]["prealign"]["ants_lps_fixed_to_moving"]) for s in ("s1", "s2"))
     f_img = nib.load(str(raw / "s1.nii.gz"))
     v = np.indices(f_img.shape).reshape(3, -1).T

@@ -212,11 +212,10 @@ def _prealign_recipe(meta, path, size):
         "atlas_affine": np.asarray(atlas_aff, dtype=np.float64).tolist(),
         "preset": str(info.get("preset", "paper")),
         "random_seed": int(info.get("random_seed", 1)),
-        "threads": info.get("threads"),
     }
 
 
-def prealign_to_atlas(recipe: dict, image, affine, log=None):
+def prealign_to_atlas(recipe: dict, image, affine, threads=None):
     """Align a preprocessed scan to the recipe's atlas as ``vtn prealign`` aligned the training
     data (star models).
 
@@ -225,14 +224,21 @@ def prealign_to_atlas(recipe: dict, image, affine, log=None):
         image: ``(S, S, S)`` float32 preprocessed (matched) image, as :func:`apply_recipe`
             returns it.
         affine: its prep affine (voxel -> RAS mm, ``PrepResult.affine``).
+        threads: ITK threads of ANTs (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, honoured only
+            before the process's first ANTs call); ``None`` leaves ITK's default. With 1 thread
+            and the recipe's seed the result is deterministic (with more, ITK's thread pool
+            changes it from run to run).
 
     Returns:
         ``(aligned (S, S, S) float32 on the atlas grid, atlas_to_prep 4x4, seconds)``.
     """
     import tempfile
 
-    from vtn.data.prealign import apply_voxel_affine, register_affine
+    from vtn.data.prealign import _set_threads, apply_voxel_affine, register_affine
     from vtn.io import save_volume
+
+    if threads is not None:
+        _set_threads(threads)
 
     pa = recipe.get("prealign")
     if not pa:

@@ -2,13 +2,14 @@
 
 ``vtn register-images --model MODEL.pt FIXED MOVING --out DIR [--moving-seg S]
 [--fixed-landmarks L] [--fixed-mask M] [--moving-mask M] [--organ liver|brain] [--device auto]
-[--overwrite]``
+[--threads T] [--overwrite]``
 
 ``FIXED``/``MOVING``: NIfTI/Analyze, MetaImage, NRRD, MGH, or a folder holding one DICOM series;
 any orientation and spacing. ``MODEL.pt``: a package of ``vtn package-model`` (weights +
 preprocessing recipe + model card). Stages, one progress line each:
 
-1. load the package (then the progress line); ``--organ`` (optional) must match the organ it was trained on;
+1. load the package (its progress line names the model); ``--organ`` (optional) must match the
+   organ it was trained on;
 2. read and check the inputs (3-D, one volume, finite, labels/masks on their image's grid);
    non-NIfTI inputs are converted to NIfTI in a temporary folder (geometry kept);
 3. preprocess the fixed and 4. the moving scan with the recipe
@@ -16,7 +17,8 @@ preprocessing recipe + model card). Stages, one progress line each:
    (any voxel > 0 is organ) or, without a mask, the recipe's organ finder;
    models trained on atlas pre-aligned data (star models) then align both preprocessed scans
    to the atlas embedded in the package with ANTs, as ``vtn prealign`` did their training data
-   (:func:`vtn.recipe.prealign_to_atlas`; one more stage), and that affine enters the map back;
+   (:func:`vtn.recipe.prealign_to_atlas`; one more stage; ``--threads`` ITK threads, default
+   1: deterministic), and that affine enters the map back;
 5. the network on the two ``S^3`` images (``--device auto``: CUDA when available);
 6. the native-space outputs (:mod:`vtn.native`): the crop/resample maps composed with the
    network's flow on the original fixed grid; outside the crop box the network's affine part
@@ -54,7 +56,6 @@ OUTPUT_PREFIXES = (("warp_", ".nii.gz"), ("disp_", ".nii.gz"), ("warped_", ".nii
                    ("registration_", ".json"))
 
 
-
 def _as_nifti(path, tmp: Path, tag: str, labels: bool = False):
     """Read and check a scan; returns ``(NIfTI path for vtn.data.preprocess, array, affine)``."""
     arr, aff = read_scan(path, labels=labels)
@@ -76,7 +77,7 @@ def _same_grid(path, arr, aff, image_path, image_arr, image_aff, what):
 
 def register_images(model, fixed, moving, out, moving_seg=None, fixed_landmarks=None,
                     fixed_mask=None, moving_mask=None, organ=None, device="auto",
-                    overwrite=False, log=print) -> dict:
+                    overwrite=False, threads=1, log=print) -> dict:
     """Register ``moving`` to ``fixed`` with a model package (module docstring).
 
     Returns:
@@ -163,7 +164,8 @@ def register_images(model, fixed, moving, out, moving_seg=None, fixed_landmarks=
         stage(f"pre-aligning both scans to the model's atlas ({prealign['method']}, preset "
               f"{prealign['preset']})")
         for tag, (img, res) in prep.items():
-            aligned[tag], a2p, seconds = prealign_to_atlas(recipe, img, res.affine)
+            aligned[tag], a2p, seconds = prealign_to_atlas(recipe, img, res.affine,
+                                                           threads=threads)
             res.meta["atlas_to_prep"] = a2p.tolist()
             res.meta["prealign_seconds"] = seconds
             times[f"prealign_{tag}"] = seconds
@@ -219,6 +221,7 @@ def register_images(model, fixed, moving, out, moving_seg=None, fixed_landmarks=
                   "organ": recipe["organ"], "size": S,
                   "architecture": card["architecture"]},
         "device": str(dev),
+        "prealign_threads": int(threads) if prealign and threads is not None else None,
         "preprocessing": {tag: {k: prep[tag][1].meta[k] for k in
                                 ("raw_shape", "raw_affine", "crop_box", "box_source",
                                  "prep_to_raw", "intensity", "atlas_to_prep")
@@ -258,13 +261,17 @@ def cli(argv=None) -> int:
     ap.add_argument("--organ", choices=["liver", "brain"], default=None,
                     help="the organ of your scans (checked against the model's)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="ITK threads of the ANTs atlas pre-alignment of star models (1: "
+                         "deterministic)")
     ap.add_argument("--overwrite", action="store_true", help="replace existing outputs of this pair")
     a = ap.parse_args(argv)
     try:
         register_images(a.model, a.fixed, a.moving, a.out, moving_seg=a.moving_seg,
                         fixed_landmarks=a.fixed_landmarks, fixed_mask=a.fixed_mask,
                         moving_mask=a.moving_mask, organ=a.organ, device=a.device,
-                        overwrite=a.overwrite, log=lambda s: print(s, file=sys.stderr))
+                        overwrite=a.overwrite, threads=a.threads,
+                        log=lambda s: print(s, file=sys.stderr))
     except InputError as exc:
         print(f"vtn register-images: error: {exc}", file=sys.stderr)
         return 1
