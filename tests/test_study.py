@@ -53,7 +53,7 @@ def test_models_of_the_default_study(default):
 
 
 def test_model_configs_are_valid_train_configs(default):
-    for name in ("config.yaml", "gpu.yaml", "paper.yaml"):
+    for name in ("config.yaml", "gpu.yaml", "paper.yaml", "learn2reg-abdomenctct.yaml"):
         cfg = validated(name)
         for st in cfg["studies"]:
             for model in S.models(cfg, st):
@@ -163,6 +163,43 @@ def test_voxelmorph_widths_are_the_network_defaults():
     cfg = networks.build_model({"type": "voxelmorph2", "image_size": 16}).config
     assert cfg["enc_nf"] == list(VOXELMORPH2_ENC_NF)
     assert cfg["dec_nf"] == list(VOXELMORPH2_DEC_NF)
+
+
+def test_learn2reg_datasets_packages_and_native_outputs(default, tmp_path):
+    from test_learn2reg import make_task  # tests/ is on sys.path
+
+    task, _ = make_task(tmp_path / "AbdomenCTCT")
+    cfg = validated("learn2reg-abdomenctct.yaml")
+    for d in cfg["datasets"].values():
+        d["path"] = str(task)
+    S.check(cfg)
+    assert S.learn2reg_subset(cfg, "abdomen_train") == "train"
+    assert S.task_pairs(cfg, "abdomen_val") and not S.task_pairs(cfg, "abdomen_train")
+    assert not S.task_pairs(default, "liver_test")
+    assert S.liver_label(cfg, "abdomen_val") == "6"
+    assert S.data_source(cfg, "abdomen").startswith("user datasets: abdomen_val (learn2reg)")
+    # optional outputs: native space off unless asked (schema default), packages' cards
+    assert S.native_space(cfg) and not S.native_space(default)
+    assert default["outputs"] == {"native_space": False}
+    assert S.package_card(cfg, "abdomen", "ADDD") == {
+        "name": "abdomen/ADDD: VTN ADDD",
+        "source": "training datasets abdomen_train (learn2reg, train subset)"}
+    star = S.package_card(default, "brain", "DD-star")
+    assert star["name"] == "brain/DD-star: VTN DD\u2605"
+    assert "brain_a (embedded)" in star["source"] and "NOT the paper" in star["source"]
+    assert star["source"].endswith("pre-aligned to the atlas brain_atlas000")
+    # errors name the key (and the liver label the task's JSON gives)
+    bad = copy.deepcopy(cfg)
+    del bad["datasets"]["abdomen_val"]["label"]
+    with pytest.raises(S.ConfigError, match=r"datasets\.abdomen_val\.label: required .* set label: 6"):
+        S.check(bad)
+    bad["datasets"]["abdomen_val"]["path"] = str(tmp_path)
+    with pytest.raises(S.ConfigError, match=r"datasets\.abdomen_val\.path: .*no <TASK>_dataset\.json"):
+        S.check(bad)
+    bad = copy.deepcopy(default)
+    bad["datasets"]["liver_a"]["subset"] = "val"
+    with pytest.raises(S.ConfigError, match=r"datasets\.liver_a\.subset: only for source learn2reg"):
+        S.check(bad)
 
 
 def test_study_and_train_config_import_no_torch():

@@ -36,7 +36,12 @@ def job_counts(output: str) -> dict:
 
 
 def dry_run(workdir, configfile):
-    proc = snakemake("-n", "--directory", str(workdir), "--configfile", str(configfile),
+    return dry_run_files(workdir, configfile)
+
+
+def dry_run_files(workdir, *configfiles):
+    """Job counts of a dry run with one or more config files (later ones update earlier ones)."""
+    proc = snakemake("-n", "--directory", str(workdir), "--configfile", *map(str, configfiles),
                      "--workflow-profile", str(ROOT / "profiles" / "default"))
     return job_counts(proc.stdout + proc.stderr)
 
@@ -61,6 +66,7 @@ def test_default_config_dry_run(tmp_path):
         "register_model": n_models,
         "baseline": 4,
         "evaluate": n_methods,
+        "package_model": n_models,  # every model packaged (star models with their atlas)
         "study_spec": 2,
         "tables": 2,
         "figures": 2,
@@ -69,9 +75,66 @@ def test_default_config_dry_run(tmp_path):
         "all": 1,
         "total": sum(
             [2, n_datasets, n_datasets, 2, 3, n_models, n_models, 1, n_models, 4, n_methods,
-             2, 2, 2, 1, 1, 1]
+             n_models, 2, 2, 2, 1, 1, 1]
         ),
     }
+
+
+def shell_commands(workdir, *configfiles):
+    """The shell commands of a dry run (``-p``), one string per job."""
+    proc = snakemake("-n", "-p", "--directory", str(workdir), "--configfile", *map(str, configfiles),
+                     "--workflow-profile", str(ROOT / "profiles" / "default"))
+    return [line.split("Shell command:", 1)[1].strip() for line in proc.stdout.splitlines()
+            if line.startswith("Shell command: python -m vtn")]
+
+
+def test_native_space_dry_run(tmp_path):
+    """outputs: native_space adds one vtn native-space job per method of every study; star
+    methods read the pre-aligned test subjects (their records carry atlas_to_prep)."""
+    extra = tmp_path / "native.yaml"
+    extra.write_text("outputs:\n  native_space: true\n")
+    from snakemake.utils import validate
+
+    from vtn import study as S
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    validate(cfg, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    n_methods = sum(len(S.methods(cfg, st)) for st in cfg["studies"])
+    n_models = sum(len(S.models(cfg, st)) for st in cfg["studies"])
+    counts = dry_run_files(tmp_path / "work", ROOT / "config" / "config.yaml", extra)
+    assert counts["native_space"] == n_methods and counts["package_model"] == n_models
+    cmds = [c for c in shell_commands(tmp_path / "work", ROOT / "config" / "config.yaml", extra)
+            if c.startswith("python -m vtn native-space")]
+    assert len(cmds) == n_methods
+    assert ("python -m vtn native-space --reg results/registrations/brain/D-star --subjects "
+            "results/prealign/brain/brain_test/subjects.csv --pairs results/data/brain_test/pairs.csv"
+            " --out results/native/brain/D-star") in [c.split(" >")[0] for c in cmds]
+    assert ("--reg results/registrations/liver/ants --subjects "
+            "results/data/liver_test/prep/subjects.csv") in " ".join(cmds)
+
+
+def test_learn2reg_config_dry_run(tmp_path):
+    """The example Learn2Reg config with its one path pointed at a task folder: both datasets
+    imported from it (their subset, the task's pairs), the test pairs taken from the task."""
+    from test_learn2reg import make_task  # tests/ is on sys.path
+
+    task, _ = make_task(tmp_path / "AbdomenCTCT")
+    text = (ROOT / "config" / "learn2reg-abdomenctct.yaml").read_text()
+    configfile = tmp_path / "l2r.yaml"
+    configfile.write_text(text.replace("/data/Learn2Reg/AbdomenCTCT", str(task)))
+    counts = dry_run(tmp_path / "work", configfile)
+    n_models = 4  # D, AD, ADDD, VoxelMorph-2
+    assert counts["import_learn2reg"] == 2 and "import_dataset" not in counts
+    assert counts["preprocess"] == 2 and counts["train"] == counts["package_model"] == n_models
+    assert counts["native_space"] == counts["evaluate"] == n_models + 2
+    cmds = shell_commands(tmp_path / "work", configfile)
+    imports = sorted(c for c in cmds if c.startswith("python -m vtn import"))
+    assert [("--subset train" in c, "--subset val" in c) for c in imports] == [(True, False), (False, True)]
+    assert all(f"--path {task} " in c and "--pairs-out results/data/" in c for c in imports)
+    prep = {c.split("--out results/data/")[1].split("/")[0]: c for c in cmds
+            if c.startswith("python -m vtn preprocess")}
+    assert "--pairs-from results/data/abdomen_val/raw/pairs.csv" in prep["abdomen_val"]
+    assert "--liver-label 6" in prep["abdomen_val"] and "--pairs-from" not in prep["abdomen_train"]
 
 
 def make_fake_paper_layout(root: Path) -> dict:
@@ -125,7 +188,7 @@ def test_paper_config_dry_run(tmp_path):
     assert "make_embedded" not in counts and "fetch_resources" not in counts
     assert "ground_truth" not in counts  # no ground truth for real data
     assert counts["train"] == n_models
-    assert counts["register_model"] == n_models
+    assert counts["register_model"] == counts["package_model"] == n_models
     assert counts["baseline"] == 4  # ANTs + Elastix for both studies
     assert counts["supervision_targets"] == 2
     # star variants: the brain training sets and the test set are pre-aligned to the atlas

@@ -41,7 +41,7 @@ import numpy as np
 from vtn.io import InputError, save_raw_landmarks, scan_stem
 
 __all__ = ["PAIR_LISTS", "SUBSETS", "find_dataset_json", "read_keypoints", "import_learn2reg",
-           "pair_stem"]
+           "task_liver_label", "pair_stem"]
 
 #: the JSON's pair lists, in the order their pairs are written
 PAIR_LISTS = ("registration_val", "registration_test", "training_paired_images")
@@ -198,12 +198,31 @@ def import_learn2reg(path, outdir, subset="all", log=None):
             r["landmarks"] = outdir / f"{r['subject']}_landmarks.csv"
             save_raw_landmarks(r["landmarks"], names, mm)
     if log:
-        labels = spec.get("labels") or {}
-        liver = [k for k, v in labels.items() if "liver" in str(v).lower()]
-        if liver:
-            log(f"{spec.get('name', json_path.stem)}: liver label {liver[0]} "
-                f"(set liver_label: {liver[0]} for this dataset)")
+        liver = _liver_label(spec)
+        if liver is not None:
+            log(f"{spec.get('name', json_path.stem)}: liver label {liver} "
+                f"(label: {liver} in the dataset's config)")
     return rows, pairs
+
+
+def _liver_label(spec):
+    labels = spec.get("labels") or {}
+    liver = [k for k, v in labels.items() if "liver" in str(v).lower()]
+    return liver[0] if liver else None
+
+
+def task_liver_label(path):
+    """The label value the task's JSON gives the liver (``labels``, e.g. ``"6"`` in
+    AbdomenCTCT), or ``None``.
+
+    Args:
+        path: the task folder or its dataset JSON.
+    """
+    json_path = find_dataset_json(path)
+    try:
+        return _liver_label(json.loads(json_path.read_text()))
+    except ValueError as exc:
+        raise InputError(f"{json_path}: not valid JSON ({exc})") from exc
 
 
 def pair_stem(fixed, moving) -> str:

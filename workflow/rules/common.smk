@@ -21,7 +21,8 @@ THREADS = config["threads"]
 RES = config["resources"]
 USE_GPU = 0 if config["device"] == "cpu" else 1
 EMBEDDED = [n for n, d in DATASETS.items() if d["source"] == "embedded"]
-USER = [n for n, d in DATASETS.items() if d["source"] != "embedded"]
+LEARN2REG = [n for n, d in DATASETS.items() if d["source"] == "learn2reg"]
+USER = [n for n, d in DATASETS.items() if d["source"] not in ("embedded", "learn2reg")]
 
 
 def _alt(names):
@@ -38,6 +39,7 @@ wildcard_constraints:
     dataset=_alt(DATASETS),
     embedded=_alt(EMBEDDED),
     user=_alt(USER),
+    l2r=_alt(LEARN2REG),
     model=_alt({m for st in STUDIES for m in MODELS[st]}),
     method=_alt({m for st in STUDIES for m in METHODS[st]}),
     tool=_alt(S.BASELINE_TOOLS),
@@ -70,6 +72,11 @@ def prep_csv(dataset):
 
 def pairs_csv(dataset):
     return f"results/data/{dataset}/pairs.csv"
+
+
+def task_pairs_csv(dataset):
+    """The pairs a Learn2Reg task lists for the dataset's images (``vtn import --pairs-out``)."""
+    return f"results/data/{dataset}/raw/pairs.csv"
 
 
 def gt_dir(dataset):
@@ -110,6 +117,14 @@ def reg_dir(study, method):
 
 def metrics_csv(study, method):
     return f"results/metrics/{study}/{method}.csv"
+
+
+def package_file(study, model):
+    return model_file(study, model, "model.pt")
+
+
+def native_dir(study, method):
+    return f"results/native/{study}/{method}"
 
 
 def targets_dir(study):
@@ -175,6 +190,31 @@ def register_inputs(wc):
         "subjects": subjects_for(wc.study, test, m["star"]),
         "pairs": pairs_csv(test),
     }
+
+
+def package_inputs(wc):
+    """A model's package: its checkpoint, training tables (in training order), metrics."""
+    return {
+        "ckpt": model_file(wc.study, wc.model, "checkpoint.pt"),
+        "subjects": train_inputs(wc)["subjects"],
+        "metrics": metrics_csv(wc.study, wc.model),
+    }
+
+
+def native_inputs(wc):
+    """A method's test registrations and the subjects they were registered on (star methods:
+    the pre-aligned ones, whose records carry ``atlas_to_prep``)."""
+    test = test_set(wc.study)
+    return {
+        "reg": reg_dir(wc.study, wc.method),
+        "subjects": subjects_for(wc.study, test, is_star(wc.study, wc.method)),
+        "pairs": pairs_csv(test),
+    }
+
+
+def preprocess_pairs_from(wc):
+    """The task's pair list for Learn2Reg val/test datasets (``vtn.study.task_pairs``), else none."""
+    return [task_pairs_csv(wc.dataset)] if S.task_pairs(config, wc.dataset) else []
 
 
 def evaluate_inputs(wc):
@@ -243,6 +283,9 @@ def benchmark_files():
         files += [benchmark("register", st, m) for m in MODELS[st]]
         files += [benchmark("baseline", st, t) for t in BASELINES[st]]
         files += [benchmark("evaluate", st, m) for m in METHODS[st]]
+        files += [benchmark("package_model", st, m) for m in MODELS[st]]
+        if S.native_space(config):
+            files += [benchmark("native_space", st, m) for m in METHODS[st]]
         files.append(benchmark("figures", st))
     return list(dict.fromkeys(files))
 
@@ -257,6 +300,9 @@ def final_outputs():
     for study in STUDIES:
         out += study_metrics(study)
         out += [tables_dir(study), figures_dir(study)]
+        out += [package_file(study, m) for m in MODELS[study]]
+        if S.native_space(config):
+            out += [native_dir(study, m) for m in METHODS[study]]
     out += [data_figure(name) for name in EMBEDDED]
     out += ["results/claims.md", "results/runtime.md"]
     return out
