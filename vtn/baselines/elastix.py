@@ -31,8 +31,9 @@ __all__ = ["PRESETS", "parameter_maps", "register_elastix", "elastix_field_to_vo
            "elastix_version"]
 
 #: Overrides of the default maps per preset (``None`` = keep the default map's value):
-#: ``MaximumNumberOfIterations`` of each map and ``NumberOfResolutions`` (pyramid levels) of both
-#: (the B-spline map's ``GridSpacingSchedule`` keeps its finest ``resolutions`` entries).
+#: ``MaximumNumberOfIterations`` of each map, ``NumberOfResolutions`` (pyramid levels) of both
+#: (the B-spline map's ``GridSpacingSchedule`` keeps its finest ``resolutions`` entries) and
+#: further elastix ``parameters`` set in both maps.
 #: ``paper`` is footnote 3 (default affine map, default B-spline map with 1000 iterations);
 #: ``fast`` is sized for 32^3 images (the default maps' 4 levels halve a 32^3 image down to 4^3).
 PRESETS = {
@@ -94,6 +95,8 @@ def parameter_maps(preset="paper", affine_iterations=None, bspline_iterations=No
             m["NumberOfResolutions"] = [str(int(levels))]
             if "GridSpacingSchedule" in m:
                 m["GridSpacingSchedule"] = m["GridSpacingSchedule"][-int(levels):]
+        for name, value in (p.get("parameters") or {}).items():
+            m[name] = [str(value)]
         maps.append(m)
     return maps
 
