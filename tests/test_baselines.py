@@ -251,6 +251,23 @@ def test_elastix_parameter_maps():
         parameter_maps("nope")
 
 
+def test_elastix_preset_levels_and_parameters(monkeypatch):
+    from vtn.baselines import elastix
+
+    monkeypatch.setitem(elastix.PRESETS, "t", {
+        "affine_iterations": 100, "bspline_iterations": 200, "resolutions": 2,
+        "parameters": {"ASGDParameterEstimationMethod": "DisplacementDistribution"}})
+    aff, bsp = elastix.parameter_maps("t")
+    default = elastix.parameter_maps("paper")[1]["GridSpacingSchedule"]
+    assert len(default) == 4  # elastix's default B-spline map: 4 levels
+    assert aff["NumberOfResolutions"] == bsp["NumberOfResolutions"] == ["2"]
+    assert bsp["GridSpacingSchedule"] == default[-2:]  # the two finest grids
+    assert (aff["MaximumNumberOfIterations"], bsp["MaximumNumberOfIterations"]) == (["100"],
+                                                                                  ["200"])
+    assert aff["ASGDParameterEstimationMethod"] == bsp["ASGDParameterEstimationMethod"] == [
+        "DisplacementDistribution"]
+
+
 def test_elastix_field_to_voxel_exact():
     import itk
 

@@ -46,11 +46,17 @@ def test_negative_loss_sign_convention():
     assert cv.plateau(steps, -loss)["drop_pct"] < 0 and cv.plateau(steps, -loss)["flat"]
 
 
+def test_short_run_compares_its_last_rows():
+    # 4 steps: a window is one row (ceil(0.4)); S_prev = step 3, S_end = step 4
+    res = cv.plateau([1, 2, 3, 4], [4.0, 3.0, 2.0, 1.5])
+    assert res["loss_prev"] == 2.0 and res["loss_end"] == 1.5 and not res["flat"]
+
+
 @pytest.mark.parametrize("steps, losses, window", [
     ([1, 2, 3], [1.0, 2.0], 0.1),          # lengths differ
     ([], [], 0.1),                          # empty log
+    ([7], [1.0], 0.1),                      # one logged row
     ([1, 2, 3], [1.0, 1.0, 1.0], 0.7),     # window too large
-    ([1, 100], [1.0, 1.0], 0.1),           # no row in the previous window
 ])
 def test_bad_input(steps, losses, window):
     with pytest.raises(ValueError):

@@ -134,3 +134,25 @@ def test_runtime_minutes_closed_form():
 def test_eval_processes():
     assert [J.eval_processes(n, 8) for n in (1, 12, 50, 51, 380, 1560)] == [1, 1, 1, 2, 8, 8]
     assert J.eval_processes(380, 2) == 2 and J.eval_processes(0, 4) == 1
+
+
+def test_learn2reg_counts_are_the_imported_images_and_task_pairs(tmp_path):
+    """A Learn2Reg dataset: its subset's images, and for val/test subsets the task's pairs
+    (what `vtn import --layout learn2reg --pairs-out` and `vtn preprocess --pairs-from` write)."""
+    from test_learn2reg import make_task  # tests/ is on sys.path
+    from vtn.data.learn2reg import import_learn2reg
+
+    task, _ = make_task(tmp_path / "AbdomenCTCT", cases=("0001", "0002", "0003", "0004"))
+    studies = {"s": {"organ": "liver", "train": ["tr"], "test": "va", "main": "AD"}}
+    for subset in ("train", "val", "all"):
+        cfg = _config({"tr": {"source": "learn2reg", "organ": "liver", "path": str(task),
+                              "subset": "train", "label": 6},
+                       "va": {"source": "learn2reg", "organ": "liver", "path": str(task),
+                              "subset": subset, "label": 6}}, studies)
+        rows, pairs = import_learn2reg(task, tmp_path / f"out-{subset}", subset=subset)
+        assert J.n_subjects(cfg, "va") == len(rows)
+        n = len(rows)
+        assert J.n_pairs(cfg, "va") == (len(pairs) if subset == "val" else n * (n - 1))
+    # the training images outside the val pairs (0001-0003 are in them): 0004 alone
+    assert J.n_subjects(cfg, "tr") == 1 and J.n_pairs(cfg, "tr") == 0
+    assert not list(tmp_path.glob("AbdomenCTCT/**/*_landmarks.csv"))  # counting converts nothing

@@ -20,6 +20,7 @@ AFF[:3, :3] = np.array([[np.cos(THETA), -np.sin(THETA), 0], [np.sin(THETA), np.c
                         [0, 0, 1]]) @ np.diag([1.5, 0.8, 2.0])
 AFF[:3, 3] = [-30.0, 12.5, 40.0]
 SHAPE = (12, 10, 8)
+PHANTOM_SHAPE = (36, 32, 26)
 
 
 def _img(path, seed, label=False):
@@ -29,20 +30,54 @@ def _img(path, seed, label=False):
     nib.save(nib.Nifti1Image(arr, AFF), str(path))
 
 
-def make_task(root, task="AbdomenCTCT", keypoints_in_json=False, nii_named_keypoints=False):
-    """Cases 0001-0003 (training, with labels and masks), 0031 test image present, 0032 listed but
-    not released; keypoints for 0001/0002 (voxel coordinates, no header)."""
+def phantom(path_image, path_label, path_mask, case, shape=PHANTOM_SHAPE):
+    """A tiny abdominal CT of one case (HU): air, a body (the mask), a textured liver (label 6,
+    its centre and size varying with the case) and a spleen (label 1), on the oblique grid
+    ``AFF``. Returns the liver centre and radii (voxels)."""
+    rng = np.random.default_rng(100 + case)
+    g = np.indices(shape).astype(np.float64)
+    c = np.array(shape) / 2.0 + rng.uniform(-1.0, 1.0, 3)
+    r = np.array(shape) * rng.uniform(0.17, 0.21, 3)
+    body = sum(((g[k] - np.array(shape)[k] / 2.0) / (0.48 * shape[k])) ** 2 for k in range(3)) < 1
+    liver = sum(((g[k] - c[k]) / r[k]) ** 2 for k in range(3)) < 1
+    spleen = sum(((g[k] - (c[k] + (1.4 * r[k] if k == 0 else 0))) / (0.4 * r[k])) ** 2
+                 for k in range(3)) < 1
+    tex = 20 * np.sin(g[0] / 1.7) * np.cos(g[1] / 2.3) + 10 * np.sin(g[2] / 1.9)
+    img = np.where(liver, 110 + tex, np.where(spleen, 60 + 0.5 * tex, np.where(body, 30, -1000)))
+    img = img + rng.normal(0, 5, shape)
+    lab = np.where(liver, 6, np.where(spleen & body, 1, 0)).astype(np.int16)
+    for path, arr in ((path_image, img.astype(np.float32)), (path_label, lab),
+                      (path_mask, body.astype(np.uint8))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(arr, AFF), str(path))
+    return c, r
+
+
+def make_task(root, task="AbdomenCTCT", keypoints_in_json=False, nii_named_keypoints=False,
+              cases=("0001", "0002", "0003"), val_pairs=(("0001", "0002"), ("0003", "0001")),
+              phantoms=False):
+    """A task folder as the challenge releases it. Default: training cases 0001-0003 (random
+    images, labels and masks), 0031 test image present, 0032 listed but not released;
+    keypoints for 0001/0002 (voxel coordinates, no header). With ``phantoms``: every training
+    case is a :func:`phantom` CT with keypoints at fixed positions relative to its liver (so
+    that keypoints of two cases correspond by row)."""
     root.mkdir(parents=True, exist_ok=True)
     training, kps = [], {}
-    for k, case in enumerate(("0001", "0002", "0003")):
+    for k, case in enumerate(cases):
         name = f"{task}_{case}_0000.nii.gz"
-        _img(root / "imagesTr" / name, k)
-        _img(root / "labelsTr" / name, 10 + k, label=True)
-        _img(root / "masksTr" / name, 20 + k, label=True)
+        if phantoms:
+            c, r = phantom(root / "imagesTr" / name, root / "labelsTr" / name,
+                           root / "masksTr" / name, int(case))
+            vox = c + r * np.array([[0, 0, 0], [0.5, 0, 0], [0, -0.5, 0], [0, 0, 0.5],
+                                    [-0.4, 0.3, -0.3]])
+        else:
+            _img(root / "imagesTr" / name, k)
+            _img(root / "labelsTr" / name, 10 + k, label=True)
+            _img(root / "masksTr" / name, 20 + k, label=True)
+            vox = np.random.default_rng(30 + k).uniform(0, 7, (5, 3))
         entry = {"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}",
                  "mask": f"./masksTr/{name}"}
-        if case != "0003":
-            vox = np.random.default_rng(30 + k).uniform(0, 7, (5, 3))
+        if phantoms or case in ("0001", "0002"):
             (root / "keypointsTr").mkdir(exist_ok=True)
             np.savetxt(root / "keypointsTr" / f"{task}_{case}_0000.csv", vox, delimiter=",",
                        fmt="%.5f")
@@ -57,13 +92,13 @@ def make_task(root, task="AbdomenCTCT", keypoints_in_json=False, nii_named_keypo
         "pairings": "unpaired", "modality": {"0": "CT"},
         "labels": {"0": "background", "1": "spleen", "6": "liver"},
         "tensorImageSize": {"0": "3D"}, "tensorImageShape": {"0": list(SHAPE)},
-        "numTraining": 3, "numTest": 2, "training": training,
+        "numTraining": len(cases), "numTest": 2, "training": training,
         "test": [{"image": f"./imagesTs/{task}_0031_0000.nii.gz"},
                  {"image": f"./imagesTs/{task}_0032_0000.nii.gz"}],
-        "numRegistration_val": 2,
-        "registration_val": [
-            {"fixed": f"./imagesTr/{task}_0001_0000.nii.gz", "moving": f"./imagesTr/{task}_0002_0000.nii.gz"},
-            {"fixed": f"./imagesTr/{task}_0003_0000.nii.gz", "moving": f"./imagesTr/{task}_0001_0000.nii.gz"}],
+        "numRegistration_val": len(val_pairs),
+        "registration_val": [{"fixed": f"./imagesTr/{task}_{f}_0000.nii.gz",
+                              "moving": f"./imagesTr/{task}_{m}_0000.nii.gz"}
+                             for f, m in val_pairs],
         "numRegistration_test": 1,
         "registration_test": [
             {"fixed": f"./imagesTs/{task}_0031_0000.nii.gz", "moving": f"./imagesTs/{task}_0032_0000.nii.gz"}],

@@ -242,6 +242,32 @@ def test_make_pairs_subset_deterministic():
     assert a == [p for p in allp if p in set(a)]  # table order kept
 
 
+def test_pairs_from_a_list(tmp_path):
+    """A Learn2Reg task's registration_val pairs (``--pairs-from``) replace the ordered pairs:
+    kept in the list's order, only pairs of preprocessed subjects, max_pairs a subset of them."""
+    ids = [f"s{i}" for i in range(4)]
+    listed = [("s2", "s0"), ("s3", "s9"), ("s1", "s3")]
+    assert pp.make_pairs(ids, listed=listed) == [("s2", "s0"), ("s1", "s3")]
+    sub = pp.make_pairs(ids, max_pairs=1, seed=0, listed=listed)
+    assert len(sub) == 1 and sub[0] in (("s2", "s0"), ("s1", "s3"))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    table = write_table(raw, [write_subject(raw, f"s{i}", seed=i) for i in range(3)])
+    pd.DataFrame([["s2", "s0", "registration_val"], ["s0", "s1", "registration_val"]],
+                 columns=["fixed", "moving", "split"]).to_csv(tmp_path / "listed.csv", index=False)
+    assert pp.cli(["--subjects", str(table), "--organ", "liver", "--size", "16", "--reference",
+                   str(raw / "s0.nii.gz"), "--out", str(tmp_path / "prep"), "--pairs-out",
+                   str(tmp_path / "pairs.csv"), "--pairs-from", str(tmp_path / "listed.csv")]) == 0
+    got = pd.read_csv(tmp_path / "pairs.csv", dtype=str)
+    assert list(got.columns) == ["fixed", "moving"]
+    assert got.values.tolist() == [["s2", "s0"], ["s0", "s1"]]  # not all 6 ordered pairs
+    pd.DataFrame({"fixed": ["s0"], "moving": ["s7"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(InputError, match=r"bad\.csv: pair s0 <- s7 names subject 's7'"):
+        pp.preprocess_dataset(table, "liver", 16, raw / "s0.nii.gz", tmp_path / "p2",
+                              pairs_out=tmp_path / "p2.csv", pairs_from=tmp_path / "bad.csv",
+                              log=lambda s: None)
+
+
 # ---------------------------------------------------------------------------- bad input
 
 def _bad_cases(tmp):

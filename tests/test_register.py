@@ -12,6 +12,7 @@ import torch
 from test_train import make_subjects  # the fake-dataset helper (tests/ is on sys.path)
 from vtn import register as R
 from vtn import train as T
+from vtn.contract import read_affine_part
 from vtn.functional import affine_flow
 from vtn.io import InputError, load_disp_l2r, load_itk_warp, load_landmarks
 
@@ -139,6 +140,12 @@ def test_itk_warp_reproduced_by_ants(tmp_path, moving_grid):
     out = tmp_path / "reg"
     R.register_pairs(pt, csv, pairs, out, device="cpu", itk_warp=True)
 
+    # the affine part, for vtn native-space outside the crop box: the known (W, b) (float32
+    # sums of the constant head kernels)
+    W_got, b_got = read_affine_part(out, "s00", "s01")
+    np.testing.assert_allclose(W_got, W, atol=1e-4)
+    np.testing.assert_allclose(b_got, b, atol=1e-4)
+    assert json.loads((out / "method.json").read_text())["affine_part"] == "affine_<f>_<m>.json"
     disp, _ = load_disp_l2r(out / "disp_s00_s01.nii.gz")
     expected = affine_flow(torch.tensor(W, dtype=torch.float64)[None],
                            torch.tensor(b, dtype=torch.float64)[None], (size,) * 3)[0].numpy()

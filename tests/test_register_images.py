@@ -351,3 +351,129 @@ def test_model_and_organ_errors(packaged, tmp_path, capsys):
         RI.register_images(packaged, p["fixed"], p["moving"], tmp_path / "o", fixed_landmarks=far,
                            device="cpu", log=lambda s: None)
     assert not (tmp_path / "o").exists()
+
+
+def _vtn_subprocess(*args):
+    """``python -m vtn ARGS`` in a fresh process (one ITK thread); returns its stderr."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "vtn", *map(str, args)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
+@pytest.fixture(scope="module")
+def star_study(tmp_path_factory):
+    """A star model: three liver CTs (s1 on another grid: axes swapped, other spacing),
+    ``vtn preprocess`` at 16^3, ``vtn prealign`` to s0's preprocessed image (ANTs, fast preset),
+    a 'D' cascade trained one step on the aligned images, packaged."""
+    pytest.importorskip("ants")
+    from test_preprocess import AFF, write_subject, write_table
+
+    from vtn import train as T
+    from vtn.data import preprocess as pp
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("star")
+    raw = root / "raw"
+    raw.mkdir()
+    recs = [write_subject(raw, f"s{i}", seed=i) for i in range(3)]
+    aff1 = AFF[:, [1, 0, 2, 3]] * [1.2, 1.0, 0.8, 1.0]
+    for name in ("s1.nii.gz", "s1_seg.nii.gz"):
+        arr = np.asarray(nib.load(str(raw / name)).dataobj)
+        nib.save(nib.Nifti1Image(arr.transpose(1, 0, 2).copy(), aff1), str(raw / name))
+    for i in range(3):  # liver masks for register-images (the crop of the training data)
+        seg = nib.load(str(raw / f"s{i}_seg.nii.gz"))
+        nib.save(nib.Nifti1Image((np.asarray(seg.dataobj) == 5).astype(np.uint8), seg.affine),
+                 str(raw / f"s{i}_mask.nii.gz"))
+    table = write_table(raw, recs)
+    prep = root / "prep"
+    pp.preprocess_dataset(table, "liver", 16, raw / "s0.nii.gz", prep,
+                          reference_seg=raw / "s0_seg.nii.gz", log=lambda s: None)
+    aligned = root / "prep_atlas"
+    # ANTs in a fresh process: ITK fixes its thread count at the first ANTs call of a process,
+    # and only one thread makes the registration deterministic (register-images below likewise)
+    _vtn_subprocess("prealign", "--subjects", prep / "subjects.csv", "--atlas",
+                    prep / "s0_image.nii.gz", "--out", aligned, "--threads", "1", "--preset", "fast")
+    cfg = dict(type="vtn", cascade="D", image_size=16, epochs=1, iterations=1, batch=2,
+               augment=False, checkpoint_every=5, flow_init_scale=0.05)
+    ckpt = T.train([aligned / "subjects.csv"], cfg, root / "m" / "checkpoint.pt",
+                   root / "m" / "log.csv", device="cpu")
+    model = R.package_model(ckpt, [aligned / "subjects.csv"], root / "model.pt",
+                            log=lambda m: None)
+    return {"raw": raw, "prep": prep, "aligned": aligned, "model": model}
+
+
+def test_star_model_package_and_register_images(star_study, tmp_path):
+    """A model trained on atlas pre-aligned images: the package embeds the atlas; register-images
+    aligns both preprocessed scans to it with ANTs as vtn prealign did and maps the result back
+    to the ORIGINAL scans through prep_to_raw @ atlas_to_prep -- the same files as vtn.native
+    writes from the pre-aligned training records and the network's flow on them."""
+    from vtn.io import load_volume
+    from vtn.native import write_native_from_prep
+
+    raw, aligned = star_study["raw"], star_study["aligned"]
+    pkg = torch.load(star_study["model"], weights_only=True)
+    pa_rec = pkg["recipe"]["prealign"]
+    atlas, atlas_aff = load_volume(star_study["prep"] / "s0_image.nii.gz")
+    np.testing.assert_array_equal(pa_rec["atlas_image"].numpy(), atlas)
+    np.testing.assert_allclose(pa_rec["atlas_affine"], atlas_aff)
+    assert (pa_rec["preset"], pa_rec["random_seed"]) == ("fast", 1)
+    assert "Atlas pre-alignment (star model)" in star_study["model"].with_suffix(".md").read_text()
+
+    out = tmp_path / "out"
+    masks = ("--fixed-mask", raw / "s1_mask.nii.gz", "--moving-mask", raw / "s2_mask.nii.gz")
+    err = _vtn_subprocess("register-images", "--model", star_study["model"], raw / "s1.nii.gz",
+                          raw / "s2.nii.gz", "--out", out, *masks, "--moving-seg",
+                          raw / "s2_seg.nii.gz", "--device", "cpu", "--threads", "1")
+    assert all(f"[{k}/8]" in err for k in range(1, 9)) and "pre-aligning both scans" in err
+    summary = json.loads((out / "registration_s1_s2.json").read_text())
+    assert summary["prealign_threads"] == 1
+    metas = {s: json.loads((aligned / f"{s}_prep.json").read_text()) for s in ("s1", "s2")}
+    for tag, sid in (("fixed", "s1"), ("moving", "s2")):
+        got = np.array(summary["preprocessing"][tag]["atlas_to_prep"])
+        np.testing.assert_allclose(got, metas[sid]["atlas_to_prep"], atol=1e-6)
+    a2p = np.array(metas["s1"]["atlas_to_prep"])
+    assert np.abs(a2p[:3, :3] - np.eye(3)).max() > 0.05  # s1 lies on another grid: not trivial
+
+    # reference: the network on the pre-aligned training images, mapped by vtn.native
+    net, _ = R.load_package(star_study["model"])
+    imgs = [torch.from_numpy(load_volume(aligned / f"{s}_image.nii.gz")[0])[None, None]
+            for s in ("s1", "s2")]
+    with torch.inference_mode():
+        flow = net(*imgs)["flow"][0].double()
+    ref = write_native_from_prep(tmp_path / "ref", metas["s1"], metas["s2"], flow.numpy())
+    assert ref["outside"] == "identity" and summary["outside_crop"] == "identity"
+    for name in ("disp_s1_s2.nii.gz", "warp_s1_s2.nii.gz", "warped_s1_s2.nii.gz"):
+        ours = np.asarray(nib.load(str(out / name)).dataobj)
+        theirs = np.asarray(nib.load(str(tmp_path / "ref" / name)).dataobj)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5 * max(1.0, np.abs(theirs).max()))
+    # without atlas_to_prep the map would be another one: the pre-alignment really enters it
+    plain = {s: {k: v for k, v in m.items() if k != "atlas_to_prep"} for s, m in metas.items()}
+    write_native_from_prep(tmp_path / "plain", plain["s1"], plain["s2"], flow.numpy())
+    d_plain = np.asarray(nib.load(str(tmp_path / "plain" / "disp_s1_s2.nii.gz")).dataobj)
+    d_ours = np.asarray(nib.load(str(out / "disp_s1_s2.nii.gz")).dataobj)
+    assert np.abs(d_plain - d_ours).max() > 1.0
+    # independent of our voxel matrices: with zero network flow the ITK warp is the world map
+    # of the two ANTs transforms (atlas -> fixed / moving scan, LPS mm) that vtn prealign
+    # recorded, T_m T_f^-1, at every voxel of the original fixed scan (inside and outside the crop)
+    zero = torch.load(star_study["model"], weights_only=True)
+    for k in [k for k in zero["model_state"] if "pred0" in k]:
+        zero["model_state"][k].zero_()
+    torch.save(zero, tmp_path / "zero.pt")
+    _vtn_subprocess("register-images", "--model", tmp_path / "zero.pt", raw / "s1.nii.gz",
+                    raw / "s2.nii.gz", "--out", tmp_path / "zero", *masks, "--device", "cpu")
+    t_f, t_m = (np.array(metas[s]["prealign"]["ants_lps_fixed_to_moving"]) for s in ("s1", "s2"))
+    f_img = nib.load(str(raw / "s1.nii.gz"))
+    v = np.indices(f_img.shape).reshape(3, -1).T
+    p_lps = (LPS @ f_img.affine @ np.c_[v, np.ones(len(v))].T)
+    q_lps = t_m @ np.linalg.inv(t_f) @ p_lps
+    itk = np.asarray(nib.load(str(tmp_path / "zero" / "warp_s1_s2.nii.gz")).dataobj)
+    np.testing.assert_allclose(itk[:, :, :, 0, :].reshape(-1, 3), (q_lps - p_lps)[:3].T, atol=1e-3)
+    assert np.abs(q_lps - p_lps).max() > 5.0  # the grids differ: not the identity

@@ -25,7 +25,15 @@ def test_readme_opens_with_exactly_two_commands():
 def test_ci_runs_readme_test_command_verbatim():
     ci = (ROOT / ".ci" / "run").read_text()
     assert readme_commands()[1] in ci.splitlines()
-    assert "torch==2.13.0" in ci.split(readme_commands()[1])[0]
+
+
+def test_readme_commands_make_a_virtual_environment_with_the_cpu_torch():
+    # PEP 668 systems (Debian 12, Ubuntu 24.04) refuse global installs: both commands work in a
+    # venv of their own; torch's CPU build is named before the project (a plain `torch` would
+    # pull a multi-GB CUDA build)
+    for cmd in readme_commands():
+        assert cmd.startswith("python3 -m venv .venv && . .venv/bin/activate && ")
+        assert cmd.index('"torch==2.13.0"') < cmd.index("-e ")
 
 
 def test_environment_matches_pyproject():

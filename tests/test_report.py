@@ -240,6 +240,11 @@ def test_claims_pass_fail_inconclusive(tmp_path):
     data = _claim(rows, "more unlabeled training data helps", ": iou")
     assert data["p"] == pytest.approx(sps.wilcoxon(IOU["ADDD"], IOU["ADDD-a"],
                                                    alternative="greater").pvalue)
+    # a CPU-only run: the GPU speed claim is inconclusive and says it needs a GPU
+    (tmp_path / "metrics" / "liver" / "ADDD@gpu.csv").unlink()
+    rows = claims.study_claims(_spec(), tmp_path / "metrics")
+    gpu = _claim(rows, "learned methods are orders of magnitude faster than ANTs (with GPU)", "")
+    assert gpu["verdict"] == "inconclusive" and gpu["note"].startswith("needs a GPU")
     # brain: the pre-aligned DD* and ADD did not run -> inconclusive
     brows = claims.study_claims(_spec("brain"), tmp_path / "metrics")
     aff = _claim(brows, "integrated affine subnetwork beats ANTs pre-alignment on landmarks", "")

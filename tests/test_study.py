@@ -35,22 +35,25 @@ def default():
 
 def test_models_of_the_default_study(default):
     liver = S.models(default, "liver")
-    assert list(liver) == ["D", "DD", "DDD", "AD", "ADD", "ADDD", "ADDD-inv", "supervised",
-                           "voxelmorph", "ADDD-data-set-a", "ADDD-data-set-b"]
+    assert list(liver) == ["D", "DD", "DDD", "AD", "ADD", "ADDD", "ADDD-inv", "ADDD-inv-all",
+                           "supervised", "voxelmorph", "ADDD-data-set-a", "ADDD-data-set-b"]
+    assert liver["ADDD-inv-all"]["ablation"] and not liver["ADDD-inv"]["ablation"]
     assert liver["ADDD-inv"]["inv"] and liver["ADDD-inv"]["cascade"] == "ADDD"
     assert liver["voxelmorph"]["type"] == "voxelmorph2" and not liver["voxelmorph"]["star"]
     assert liver["ADDD-data-set-a"]["train"] == ["liver_a"]
     assert liver["ADDD-data-set-a"]["data_label"] == "set A"
     brain = S.models(default, "brain")
-    assert list(brain) == ["AD", "ADD", "D-star", "DD-star"]
+    assert list(brain) == ["AD", "ADD", "ADD-inv", "D-star", "DD-star", "DD-star-data-set-a"]
     assert brain["DD-star"]["star"] and brain["DD-star"]["display"] == "VTN DD\u2605"
+    assert brain["DD-star-data-set-a"]["star"] and brain["DD-star-data-set-a"]["train"] == [
+        "brain_a"]
     assert S.methods(default, "liver")[-2:] == ["ants", "elastix"]
-    assert S.methods(default, "brain") == ["AD", "ADD", "D-star", "DD-star", "elastix"]
+    assert S.methods(default, "brain")[-2:] == ["ants", "elastix"]
     assert S.has_star(default, "brain") and not S.has_star(default, "liver")
 
 
 def test_model_configs_are_valid_train_configs(default):
-    for name in ("config.yaml", "gpu.yaml", "paper.yaml"):
+    for name in ("config.yaml", "gpu.yaml", "paper.yaml", "learn2reg-abdomenctct.yaml"):
         cfg = validated(name)
         for st in cfg["studies"]:
             for model in S.models(cfg, st):
@@ -62,16 +65,39 @@ def test_model_configs_are_valid_train_configs(default):
     assert S.model_config(default, "liver", "ADDD")["augment"] is True
     assert S.model_config(default, "liver", "ADDD-inv")["inv_weight"] == 1e-3
     assert S.model_config(default, "liver", "ADDD")["inv_weight"] == 0.0
+    assert "inv_reverse_terms" not in S.model_config(default, "liver", "ADDD-inv")  # inv_only
+    assert S.model_config(default, "liver", "ADDD-inv-all")["inv_reverse_terms"] == "all"
     vm = S.model_config(default, "liver", "voxelmorph")
-    assert (vm["type"], vm["epochs"], vm["iterations"], vm["batch"]) == ("voxelmorph2", 1, 400, 2)
+    v = default["voxelmorph"]
+    assert (vm["type"], vm["epochs"], vm["iterations"], vm["batch"], vm["lr"]) == (
+        "voxelmorph2", v["epochs"], v["iterations"], v["batch"], v["lr"])
     assert "flow_init_scale" not in vm
-    assert S.model_config(default, "liver", "D")["flow_init_scale"] == 0.05
+    t = default["training"]
+    d = S.model_config(default, "liver", "D")
+    assert (d["epochs"], d["iterations"], d["lr"], d["lr_schedule"]) == (
+        t["epochs"], t["iterations"], t["lr"], t["lr_schedule"])
+
+
+def test_recipe_departures_are_named():
+    cfg = validated("paper.yaml")
+    assert S.recipe_departures(cfg) == []  # the paper's own recipe
+    cfg["training"]["lr"] = 1e-3
+    cfg["voxelmorph"]["epochs"] = 5
+    cfg["image_size"] = 32
+    assert S.recipe_departures(cfg) == ["image_size = 32 (paper: 128)",
+                                        "training.lr = 0.001 (paper: 0.0001)",
+                                        "voxelmorph.epochs = 5 (paper: 1)"]
+    spec = S.spec(cfg, "liver")
+    assert any(n.startswith("Departures from the paper's training recipe") and
+               "training.lr = 0.001" in n for n in spec["method_notes"])
 
 
 def test_spec_of_the_default_study(default):
     spec = S.spec(default, "liver")
     assert spec["tables"]["methods"] == ["ants", "elastix", "voxelmorph", "ADDD", "ADDD-inv",
                                          "supervised"]
+    assert spec["tables"]["ablation"] == [{"method": "ADDD-inv-all", "versus": "ADDD-inv"}]
+    assert spec["methods"]["ADDD-inv-all"]["ablation"]
     assert spec["tables"]["cascades"] == ["D", "DD", "DDD", "AD", "ADD", "ADDD"]
     assert spec["tables"]["data_amount"][-1] == {"label": "liver_a + liver_b", "method": "ADDD"}
     assert {"a": "ADDD-inv", "b": "ADDD", "metrics": ["iou", "lm_dist_vox", "folding_pct"]} \
@@ -137,6 +163,43 @@ def test_voxelmorph_widths_are_the_network_defaults():
     cfg = networks.build_model({"type": "voxelmorph2", "image_size": 16}).config
     assert cfg["enc_nf"] == list(VOXELMORPH2_ENC_NF)
     assert cfg["dec_nf"] == list(VOXELMORPH2_DEC_NF)
+
+
+def test_learn2reg_datasets_packages_and_native_outputs(default, tmp_path):
+    from test_learn2reg import make_task  # tests/ is on sys.path
+
+    task, _ = make_task(tmp_path / "AbdomenCTCT")
+    cfg = validated("learn2reg-abdomenctct.yaml")
+    for d in cfg["datasets"].values():
+        d["path"] = str(task)
+    S.check(cfg)
+    assert S.learn2reg_subset(cfg, "abdomen_train") == "train"
+    assert S.task_pairs(cfg, "abdomen_val") and not S.task_pairs(cfg, "abdomen_train")
+    assert not S.task_pairs(default, "liver_test")
+    assert S.liver_label(cfg, "abdomen_val") == "6"
+    assert S.data_source(cfg, "abdomen").startswith("user datasets: abdomen_val (learn2reg)")
+    # optional outputs: native space off unless asked (schema default), packages' cards
+    assert S.native_space(cfg) and not S.native_space(default)
+    assert default["outputs"] == {"native_space": False}
+    assert S.package_card(cfg, "abdomen", "ADDD") == {
+        "name": "abdomen/ADDD: VTN ADDD",
+        "source": "training datasets abdomen_train (learn2reg, train subset)"}
+    star = S.package_card(default, "brain", "DD-star")
+    assert star["name"] == "brain/DD-star: VTN DD\u2605"
+    assert "brain_a (embedded)" in star["source"] and "NOT the paper" in star["source"]
+    assert star["source"].endswith("pre-aligned to the atlas brain_atlas000")
+    # errors name the key (and the liver label the task's JSON gives)
+    bad = copy.deepcopy(cfg)
+    del bad["datasets"]["abdomen_val"]["label"]
+    with pytest.raises(S.ConfigError, match=r"datasets\.abdomen_val\.label: required .* set label: 6"):
+        S.check(bad)
+    bad["datasets"]["abdomen_val"]["path"] = str(tmp_path)
+    with pytest.raises(S.ConfigError, match=r"datasets\.abdomen_val\.path: .*no <TASK>_dataset\.json"):
+        S.check(bad)
+    bad = copy.deepcopy(default)
+    bad["datasets"]["liver_a"]["subset"] = "val"
+    with pytest.raises(S.ConfigError, match=r"datasets\.liver_a\.subset: only for source learn2reg"):
+        S.check(bad)
 
 
 def test_study_and_train_config_import_no_torch():

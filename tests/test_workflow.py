@@ -37,7 +37,12 @@ def job_counts(output: str) -> dict:
 
 
 def dry_run(workdir, configfile):
-    proc = snakemake("-n", "--directory", str(workdir), "--configfile", str(configfile),
+    return dry_run_files(workdir, configfile)
+
+
+def dry_run_files(workdir, *configfiles):
+    """Job counts of a dry run with one or more config files (later ones update earlier ones)."""
+    proc = snakemake("-n", "--directory", str(workdir), "--configfile", *map(str, configfiles),
                      "--workflow-profile", str(ROOT / "profiles" / "default"))
     return job_counts(proc.stdout + proc.stderr)
 
@@ -46,24 +51,26 @@ def test_default_config_dry_run(tmp_path):
     counts = dry_run(tmp_path, ROOT / "config" / "config.yaml")
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     n_datasets = len(cfg["datasets"])
-    # liver: 6 cascades + ADDD-inv + supervised + voxelmorph + 2 data-amount; brain: 2 + 2 star
-    n_models = 11 + 4
-    n_methods = n_models + 2 + 1  # liver ants + elastix, brain elastix
+    # liver: 6 cascades + ADDD-inv + its ablation + supervised + voxelmorph + 2 data-amount;
+    # brain: 2 cascades + ADD-inv + 2 star + 1 data-amount (DD-star on set A)
+    n_models = 12 + 6
+    n_methods = n_models + 2 + 2  # ANTs and Elastix in both studies
     assert counts == {
         "fetch_resources": 2,
         "make_embedded": n_datasets,
         "preprocess": n_datasets,
         "ground_truth": 2,
-        "prealign": 2,
+        "prealign": 3,  # brain_a, brain_b, brain_test
         "model_config": n_models,
         "train": n_models,
         "supervision_targets": 1,
         "register_model": n_models,
-        "baseline": 3,  # baseline_chunk 12: the 12 test pairs of a tool in one job
-        "gather_baseline": 3,
+        "baseline": 4,  # baseline_chunk 12: the 12 test pairs of a tool in one job
+        "gather_baseline": 4,
         "gather_targets": 1,
-        "gather_prealign": 2,
+        "gather_prealign": 3,
         "evaluate": n_methods,
+        "package_model": n_models,  # every model packaged (star models with their atlas)
         "study_spec": 2,
         "tables": 2,
         "figures": 2,
@@ -71,10 +78,67 @@ def test_default_config_dry_run(tmp_path):
         "runtime_summary": 1,
         "all": 1,
         "total": sum(
-            [2, n_datasets, n_datasets, 2, 2, n_models, n_models, 1, n_models, 3, 3, 1, 2,
-             n_methods, 2, 2, 2, 1, 1, 1]
+            [2, n_datasets, n_datasets, 2, 3, n_models, n_models, 1, n_models, 4, n_methods,
+             n_models, 2, 2, 2, 1, 1, 1, 4, 1, 3]
         ),
     }
+
+
+def shell_commands(workdir, *configfiles):
+    """The shell commands of a dry run (``-p``), one string per job."""
+    proc = snakemake("-n", "-p", "--directory", str(workdir), "--configfile", *map(str, configfiles),
+                     "--workflow-profile", str(ROOT / "profiles" / "default"))
+    return [line.split("Shell command:", 1)[1].strip() for line in proc.stdout.splitlines()
+            if line.startswith("Shell command: python -m vtn")]
+
+
+def test_native_space_dry_run(tmp_path):
+    """outputs: native_space adds one vtn native-space job per method of every study; star
+    methods read the pre-aligned test subjects (their records carry atlas_to_prep)."""
+    extra = tmp_path / "native.yaml"
+    extra.write_text("outputs:\n  native_space: true\n")
+    from snakemake.utils import validate
+
+    from vtn import study as S
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    validate(cfg, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    n_methods = sum(len(S.methods(cfg, st)) for st in cfg["studies"])
+    n_models = sum(len(S.models(cfg, st)) for st in cfg["studies"])
+    counts = dry_run_files(tmp_path / "work", ROOT / "config" / "config.yaml", extra)
+    assert counts["native_space"] == n_methods and counts["package_model"] == n_models
+    cmds = [c for c in shell_commands(tmp_path / "work", ROOT / "config" / "config.yaml", extra)
+            if c.startswith("python -m vtn native-space")]
+    assert len(cmds) == n_methods
+    assert ("python -m vtn native-space --reg results/registrations/brain/D-star --subjects "
+            "results/prealign/brain/brain_test/subjects.csv --pairs results/data/brain_test/pairs.csv"
+            " --out results/native/brain/D-star") in [c.split(" >")[0] for c in cmds]
+    assert ("--reg results/registrations/liver/ants --subjects "
+            "results/data/liver_test/prep/subjects.csv") in " ".join(cmds)
+
+
+def test_learn2reg_config_dry_run(tmp_path):
+    """The example Learn2Reg config with its one path pointed at a task folder: both datasets
+    imported from it (their subset, the task's pairs), the test pairs taken from the task."""
+    from test_learn2reg import make_task  # tests/ is on sys.path
+
+    task, _ = make_task(tmp_path / "AbdomenCTCT")
+    text = (ROOT / "config" / "learn2reg-abdomenctct.yaml").read_text()
+    configfile = tmp_path / "l2r.yaml"
+    configfile.write_text(text.replace("/data/Learn2Reg/AbdomenCTCT", str(task)))
+    counts = dry_run(tmp_path / "work", configfile)
+    n_models = 4  # D, AD, ADDD, VoxelMorph-2
+    assert counts["import_learn2reg"] == 2 and "import_dataset" not in counts
+    assert counts["preprocess"] == 2 and counts["train"] == counts["package_model"] == n_models
+    assert counts["native_space"] == counts["evaluate"] == n_models + 2
+    cmds = shell_commands(tmp_path / "work", configfile)
+    imports = sorted(c for c in cmds if c.startswith("python -m vtn import"))
+    assert [("--subset train" in c, "--subset val" in c) for c in imports] == [(True, False), (False, True)]
+    assert all(f"--path {task} " in c and "--pairs-out results/data/" in c for c in imports)
+    prep = {c.split("--out results/data/")[1].split("/")[0]: c for c in cmds
+            if c.startswith("python -m vtn preprocess")}
+    assert "--pairs-from results/data/abdomen_val/raw/pairs.csv" in prep["abdomen_val"]
+    assert "--liver-label 6" in prep["abdomen_val"] and "--pairs-from" not in prep["abdomen_train"]
 
 
 #: subjects of the paper's datasets (paper Sec. V-A/B; LPBA40 as distributed: 40 folders)
@@ -199,7 +263,7 @@ def test_paper_config_dry_run(tmp_path):
     prealigned = [67, 318, 1101, 973, 40]  # ADNI, ABIDE-1, ABIDE-2, ADHD, LPBA40: chunks of 20
     assert counts == {
         "import_dataset": 9, "preprocess": 9, "model_config": n_models, "train": n_models,
-        "register_model": n_models, "evaluate": n_models + 4,
+        "register_model": n_models, "package_model": n_models, "evaluate": n_models + 4,
         "baseline": 2 * liver_pairs + 2 * brain_pairs, "gather_baseline": 4,
         "supervision_targets": 2 * 2000, "gather_targets": 2,  # 2000 of LiTS' / ADNI's pairs
         "prealign": sum(-(-n // 20) for n in prealigned), "gather_prealign": 5,

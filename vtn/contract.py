@@ -17,7 +17,7 @@ import torch
 from vtn.functional import transport_points, warp_labels
 from vtn.io import InputError, load_landmarks, load_volume, save_disp_l2r, save_landmarks, save_volume
 
-__all__ = ["write_pair", "write_times", "TIMES_COLUMNS"]
+__all__ = ["write_pair", "write_times", "write_affine_part", "read_affine_part", "TIMES_COLUMNS"]
 
 TIMES_COLUMNS = ["fixed", "moving", "seconds", "device", "threads"]
 
@@ -70,3 +70,49 @@ def write_times(out_dir, rows) -> Path:
     with atomic_write(path) as tmp:
         pd.DataFrame(rows, columns=TIMES_COLUMNS).to_csv(tmp, index=False)
     return path
+
+
+def write_affine_part(out_dir, fixed_id: str, moving_id: str, W, b) -> Path:
+    """Write ``affine_<f>_<m>.json``: the affine part of a method's flow (paper eq. 11),
+    ``{"W": 3x3, "b": 3}`` in voxels of the fixed (model) grid, ``flow(p) = W (p - c) + b`` with
+    ``c`` the volume centre. :mod:`vtn.native` continues the map with it outside the model grid.
+
+    Args:
+        W: ``(3, 3)`` (tensor or array).
+        b: ``(3,)``.
+    """
+    from vtn.io import atomic_write_json
+
+    W = np.asarray(torch.as_tensor(W).detach().double().cpu(), dtype=np.float64)
+    b = np.asarray(torch.as_tensor(b).detach().double().cpu(), dtype=np.float64)
+    if W.shape != (3, 3) or b.shape != (3,) or not (np.isfinite(W).all() and np.isfinite(b).all()):
+        raise ValueError(f"affine part must be finite W (3, 3) and b (3,), got {W.shape}, {b.shape}")
+    path = Path(out_dir) / f"affine_{fixed_id}_{moving_id}.json"
+    atomic_write_json(path, {"W": W.tolist(), "b": b.tolist(),
+                             "definition": "flow(p) = W (p - c) + b, voxels of the fixed model "
+                                           "grid, c = (size - 1) / 2 (paper eq. 11)"})
+    return path
+
+
+def read_affine_part(reg_dir, fixed_id: str, moving_id: str):
+    """``(W (3, 3), b (3,))`` float64 from ``affine_<f>_<m>.json`` of a method's folder, or
+    ``None`` when the method wrote none (no affine part).
+
+    Raises:
+        InputError: unreadable JSON or wrong shapes (names the file).
+    """
+    import json
+
+    path = Path(reg_dir) / f"affine_{fixed_id}_{moving_id}.json"
+    if not path.exists():
+        return None
+    try:
+        a = json.loads(path.read_text())
+        W = np.asarray(a["W"], dtype=np.float64)
+        b = np.asarray(a["b"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not an affine part {{W: 3x3, b: 3}} ({exc})") from exc
+    if W.shape != (3, 3) or b.shape != (3,) or not (np.isfinite(W).all() and np.isfinite(b).all()):
+        raise InputError(f"{path}: W must be finite 3x3 and b 3 numbers, got shapes {W.shape}, "
+                         f"{b.shape}")
+    return W, b

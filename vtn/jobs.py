@@ -41,20 +41,32 @@ PER_ITEM_MINUTES = {
     "preprocess/brain": 0.2,
     "ground_truth": 0.5,     # per pair and process: 18-32 s measured
     "register": 0.1,         # per pair: forward pass and writing the contract's files
+    # per pair, original scan size (not S): 34 s + 10 s of writing for a 9.8 M-voxel fixed grid
+    "native_space": 1.0,
     "evaluate": 0.5,         # per pair and process: 19 s (brain, 56 structures), 14 s (liver)
 }
 #: fixed start-up of a job (imports, model or tool loading, file system)
 START_MINUTES = 15
 #: kinds whose per-item time does not scale with the model size
-_SIZE_FREE = frozenset({"preprocess/liver", "preprocess/brain"})
+_SIZE_FREE = frozenset({"preprocess/liver", "preprocess/brain", "native_space"})
+
+
+def _learn2reg(config: dict, dataset: str) -> tuple:
+    from vtn.data.learn2reg import task_counts
+    from vtn.study import learn2reg_subset
+
+    return task_counts(config["datasets"][dataset]["path"], learn2reg_subset(config, dataset))
 
 
 def n_subjects(config: dict, dataset: str) -> int:
     """Subjects of a dataset: ``n`` of an embedded one, else the subjects ``vtn import`` lists
-    (:func:`vtn.data.adapters.subject_ids`; raises :class:`vtn.io.InputError` naming the path)."""
+    (:func:`vtn.data.adapters.subject_ids`, :func:`vtn.data.learn2reg.task_counts`; raises
+    :class:`vtn.io.InputError` naming the path)."""
     d = config["datasets"][dataset]
     if d["source"] == "embedded":
         return int(d["n"])
+    if d["source"] == "learn2reg":
+        return _learn2reg(config, dataset)[0]
     from vtn.data.adapters import subject_ids
 
     return len(subject_ids(d["source"], d["path"]))
@@ -62,12 +74,16 @@ def n_subjects(config: dict, dataset: str) -> int:
 
 def n_pairs(config: dict, dataset: str, subjects: int | None = None) -> int:
     """Rows of the dataset's ``pairs.csv``: every ordered pair of its ``subjects`` (default
-    :func:`n_subjects`), or the first ``max_pairs`` / ``supervised.pairs`` of them
+    :func:`n_subjects`) -- or, for a Learn2Reg val/test subset, the pairs the task lists
+    (:func:`vtn.study.task_pairs`) -- or the first ``max_pairs`` / ``supervised.pairs`` of them
     (:func:`vtn.study.test_pairs`; 0 = all)."""
-    from vtn.study import test_pairs
+    from vtn.study import task_pairs, test_pairs
 
-    n = n_subjects(config, dataset) if subjects is None else int(subjects)
-    every = n * (n - 1)
+    if task_pairs(config, dataset):
+        every = _learn2reg(config, dataset)[1]
+    else:
+        n = n_subjects(config, dataset) if subjects is None else int(subjects)
+        every = n * (n - 1)
     limit = test_pairs(config, dataset)
     return min(limit, every) if limit else every
 

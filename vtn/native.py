@@ -40,8 +40,13 @@ field).
 ``vtn native-space --reg DIR --subjects CSV --pairs CSV --out DIR`` writes these files for every
 pair of any method's registration folder (``disp_<f>_<m>.nii.gz`` on the model grid; the
 subjects' ``<sid>_prep.json`` next to ``CSV``). A method with an affine part may leave
-``affine_<f>_<m>.json`` (``{"W": 3x3, "b": 3}``, model voxels, paper eq. 11) next to the
-displacement; without it the map continues with zero network flow outside the crop box.
+``affine_<f>_<m>.json`` (``{"W": 3x3, "b": 3}``, model voxels, paper eq. 11;
+:func:`vtn.contract.write_affine_part`, written by ``vtn register`` for cascades with an affine
+subnet) next to the displacement; without it the map continues with zero network flow outside
+the crop box. ``OUT/native.json`` lists every pair with the rule used outside the crop box, the
+share of the fixed scan inside it, seconds and files. Subjects pre-aligned to an atlas (the
+star methods; ``atlas_to_prep`` in their records) are mapped through that affine too, so their
+files are in the original space like every other method's.
 """
 
 from __future__ import annotations
@@ -56,11 +61,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vtn.contract import read_affine_part
 from vtn.functional import jacobian_det, sample_flow
-from vtn.io import (InputError, load_disp_l2r, load_raw_landmarks, read_scan, save_disp_l2r,
+from vtn.io import (InputError, atomic_write_json, load_disp_l2r, load_raw_landmarks, read_scan, save_disp_l2r,
                     save_itk_displacement, save_raw_landmarks, save_volume)
 
-__all__ = ["NativeGrids", "OUTSIDE_RULES", "model_to_raw", "native_map", "folding_percent",
+__all__ = ["NativeGrids", "OUTSIDE_RULES", "NATIVE_CONVENTIONS", "model_to_raw", "native_map", "folding_percent",
            "check_landmarks_inside", "write_native", "write_native_from_prep",
            "native_space_folder", "write_overlay", "cli"]
 
@@ -70,6 +76,19 @@ OUTSIDE_RULES = {
               "analytically beyond the crop box",
     "identity": "zero network flow: the fixed crop box mapped linearly onto the moving crop box "
                 "(the method has no affine part)",
+}
+
+
+#: what each file of :func:`write_native` holds, as written to JSON summaries
+NATIVE_CONVENTIONS = {
+    "itk_warp": "5-D NIfTI (X, Y, Z, 1, 3), intent 1007, LPS mm, fixed -> moving (resampling) "
+                "convention, original fixed grid",
+    "l2r_disp": "(X, Y, Z, 3) float32: moving voxel index minus fixed voxel index, original "
+                "fixed grid",
+    "warped": "original moving scan resampled on the original fixed grid, trilinear, 0 beyond "
+              "half a voxel outside the moving scan (as antsApplyTransforms)",
+    "warped_seg": "original moving labels, nearest neighbour, on the original fixed grid",
+    "landmarks": "name,x,y,z RAS mm: the fixed landmarks carried into the moving scan",
 }
 
 
@@ -366,17 +385,23 @@ def native_space_folder(reg_dir, subjects_csv, pairs_csv, out_dir, log=print) ->
                 raise InputError(f"{pairs_csv}: subject {sid!r} is not listed in {subjects_csv}")
         metas = [_read_json(Path(subjects_csv).parent / f"{sid}_prep.json", "prep record")
                  for sid in (f, m)]
-        affine = None
-        apath = reg_dir / f"affine_{f}_{m}.json"
-        if apath.exists():
-            a = _read_json(apath, "affine part")
-            affine = (np.asarray(a["W"], dtype=np.float64), np.asarray(a["b"], dtype=np.float64))
-        res = write_native_from_prep(out_dir, metas[0], metas[1], reg_dir / f"disp_{f}_{m}.nii.gz",
-                                     affine=affine)
+        disp = reg_dir / f"disp_{f}_{m}.nii.gz"
+        if not disp.exists():
+            raise InputError(f"{disp}: displacement of pair {f} <- {m} (listed in {pairs_csv}) "
+                             f"not found")
+        res = write_native_from_prep(out_dir, metas[0], metas[1], disp,
+                                     affine=read_affine_part(reg_dir, f, m))
         results.append(dict(res, fixed=f, moving=m))
         rate = (time.perf_counter() - t0) / k
         log(f"{f} <- {m}: {res['seconds']:.1f} s, outside the crop box: {res['outside']} "
             f"[{k}/{len(pairs)}, ETA {rate * (len(pairs) - k):.0f} s]")
+    atomic_write_json(out_dir / "native.json", {
+        "registrations": str(reg_dir.resolve()),
+        "subjects": str(Path(subjects_csv).resolve()),
+        "conventions": NATIVE_CONVENTIONS,
+        "pairs": [{k: r[k] for k in ("fixed", "moving", "outside", "outside_rule",
+                                     "inside_crop_percent", "seconds", "files")} for r in results],
+    })
     return results
 
 

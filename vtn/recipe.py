@@ -27,8 +27,15 @@ of ``vtn preprocess`` (same crop, resampling, window, matching): for a subject o
 data it returns the arrays of its ``prep/`` files bit for bit. ``package-model`` checks exactly
 that on the first training subject (``--no-verify`` skips it) before writing anything.
 
-Not supported yet: models trained on atlas pre-aligned data (the brain star variants), whose
-inputs also need the ANTs affine to the atlas; packaging one is an error.
+Models trained on atlas pre-aligned data (the star variants, ``vtn prealign``): their inputs
+are the preprocessed scans aligned to the atlas by ANTs (Rigid + Affine). Their recipe also
+holds ``prealign``: the atlas image itself (``(S, S, S)`` float32 and its affine, as ``vtn
+prealign`` read it), the ANTs preset and random seed. :func:`prealign_to_atlas` repeats that
+registration for a new scan through the functions of :mod:`vtn.data.prealign` (no second
+implementation); the aligned image is the network's input and ``atlas_to_prep`` enters the map
+back to the original scan (:func:`vtn.native.model_to_raw`). Packaging verifies that the first
+training subject, re-preprocessed and resampled with its recorded ``atlas_to_prep``, is the
+aligned training image bit for bit (the ANTs registration itself is not re-run).
 """
 
 from __future__ import annotations
@@ -44,13 +51,16 @@ import torch
 
 from vtn.io import InputError, atomic_write, read_subjects
 
-__all__ = ["MODEL_FORMAT", "build_recipe", "apply_recipe", "package_model", "load_package",
-           "model_card_markdown", "cli"]
+__all__ = ["MODEL_FORMAT", "build_recipe", "apply_recipe", "prealign_to_atlas", "package_model",
+           "load_package", "model_card_markdown", "cli"]
 
 MODEL_FORMAT = "vtn-model/1"
 
 #: default disk radius of the threshold liver finder when a prep record predates its recording
 _DEFAULT_MEDIAN_RADIUS = 35
+
+#: prep-record keys that pre-aligned training subjects must also share
+_SHARED_PREALIGN = ("prealign.atlas", "prealign.preset", "prealign.random_seed")
 
 #: prep-record keys that every training subject must share (the recipe's parameters)
 _SHARED = ("organ", "size", "seg_output", "intensity.method", "histogram_matching.reference",
@@ -101,18 +111,20 @@ def build_recipe(train_subjects, log=print) -> dict:
         the ``recipe`` dict (plain types and one tensor).
 
     Raises:
-        InputError: a missing record, records that disagree on a recipe parameter, atlas
-            pre-aligned data, an unreadable histogram reference.
+        InputError: a missing record, records that disagree on a recipe parameter (or on the
+            atlas pre-alignment), an unreadable histogram reference or atlas.
     """
     from vtn.data.preprocess import preprocess_subject
 
     records = _read_prep_records(train_subjects)
     first_sid, first_path, first, _ = records[0]
+    prealigned = first.get("atlas_to_prep") is not None
     for sid, path, meta, _ in records:
-        if meta.get("atlas_to_prep") is not None:
-            raise InputError(f"{path}: {sid} was pre-aligned to an atlas (ANTs affine, the star "
-                             f"variants); packaging such models is not supported yet")
-        for key in _SHARED:
+        if (meta.get("atlas_to_prep") is not None) != prealigned:
+            raise InputError(f"{path}: {sid} is {'not ' if prealigned else ''}pre-aligned to an "
+                             f"atlas, {first_sid} ({first_path}) is{'' if prealigned else ' not'}; "
+                             f"a model package needs one preprocessing recipe")
+        for key in _SHARED + (_SHARED_PREALIGN if prealigned else ()):
             if key == "median_radius" and first.get("organ") != "liver":
                 continue
             if _get(meta, key) != _get(first, key):
@@ -172,7 +184,79 @@ def build_recipe(train_subjects, log=print) -> dict:
             "reference_image": torch.from_numpy(np.ascontiguousarray(ref.image, dtype=np.float32)),
         },
         "notes": notes,
+        "prealign": _prealign_recipe(first, first_path, size) if prealigned else None,
     }
+
+
+def _prealign_recipe(meta, path, size):
+    """The ``prealign`` part of a recipe from a pre-aligned training subject's record."""
+    from vtn.io import load_volume
+
+    info = meta.get("prealign") or {}
+    if not info.get("atlas"):
+        raise InputError(f"{path}: pre-aligned record without 'prealign.atlas' (written by an "
+                         f"older vtn prealign); re-run vtn prealign")
+    try:
+        atlas, atlas_aff = load_volume(info["atlas"])
+    except (InputError, OSError) as exc:
+        raise InputError(f"{path}: the atlas {info['atlas']} of the pre-alignment cannot be "
+                         f"read ({exc})") from exc
+    if atlas.shape != (size,) * 3:
+        raise InputError(f"{info['atlas']}: atlas of shape {atlas.shape}, the model's grid is "
+                         f"{size}^3")
+    return {
+        "method": "ANTs Rigid[0.1] then Affine[0.1], Mattes MI, atlas fixed, the preprocessed "
+                  "scan moving (vtn.data.prealign.ants_affine_args)",
+        "atlas": str(info["atlas"]),
+        "atlas_image": torch.from_numpy(np.ascontiguousarray(atlas, dtype=np.float32)),
+        "atlas_affine": np.asarray(atlas_aff, dtype=np.float64).tolist(),
+        "preset": str(info.get("preset", "paper")),
+        "random_seed": int(info.get("random_seed", 1)),
+    }
+
+
+def prealign_to_atlas(recipe: dict, image, affine, threads=None):
+    """Align a preprocessed scan to the recipe's atlas as ``vtn prealign`` aligned the training
+    data (star models).
+
+    Args:
+        recipe: a recipe with ``prealign`` (:func:`build_recipe` of pre-aligned training data).
+        image: ``(S, S, S)`` float32 preprocessed (matched) image, as :func:`apply_recipe`
+            returns it.
+        affine: its prep affine (voxel -> RAS mm, ``PrepResult.affine``).
+        threads: ITK threads of ANTs (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, honoured only
+            before the process's first ANTs call); ``None`` leaves ITK's default. With 1 thread
+            and the recipe's seed the result is deterministic (with more, ITK's thread pool
+            changes it from run to run).
+
+    Returns:
+        ``(aligned (S, S, S) float32 on the atlas grid, atlas_to_prep 4x4, seconds)``.
+    """
+    import tempfile
+
+    from vtn.data.prealign import _set_threads, apply_voxel_affine, register_affine
+    from vtn.io import save_volume
+
+    if threads is not None:
+        _set_threads(threads)
+
+    pa = recipe.get("prealign")
+    if not pa:
+        raise ValueError("recipe has no 'prealign' part (the model was not trained on "
+                         "atlas pre-aligned data)")
+    atlas = pa["atlas_image"]
+    atlas = atlas.numpy() if isinstance(atlas, torch.Tensor) else np.asarray(atlas, np.float32)
+    with tempfile.TemporaryDirectory(prefix="vtn-prealign-") as wd:
+        atlas_path, image_path = Path(wd) / "atlas.nii.gz", Path(wd) / "image.nii.gz"
+        save_volume(atlas_path, atlas, np.asarray(pa["atlas_affine"], dtype=np.float64))
+        save_volume(image_path, np.asarray(image, dtype=np.float32), np.asarray(affine))
+        try:
+            a2p, _, seconds, _, _ = register_affine(atlas_path, image_path, wd,
+                                                    preset=pa["preset"], seed=pa["random_seed"])
+        except RuntimeError as exc:
+            raise InputError(f"ANTs pre-alignment to the model's atlas failed ({exc})") from exc
+    aligned = apply_voxel_affine(np.asarray(image, dtype=np.float32), a2p, atlas.shape, order=1)
+    return aligned.astype(np.float32), a2p, seconds
 
 
 def apply_recipe(recipe: dict, image, seg=None, landmarks=None, liver_label=None,
@@ -281,6 +365,10 @@ def package_model(checkpoint, train_subjects, out, metrics=None, name=None, sour
         t0 = time.perf_counter()
         got, res = apply_recipe(recipe, meta["raw_image"], seg=meta.get("raw_seg"),
                                 liver_label=meta.get("liver_label"))
+        if recipe["prealign"] is not None:  # the recorded ANTs affine, as vtn prealign
+            from vtn.data.prealign import apply_voxel_affine
+
+            got = apply_voxel_affine(got, meta["atlas_to_prep"], got.shape, order=1).astype(np.float32)
         want, _ = load_volume(row["image"])
         if got.shape != want.shape or not np.array_equal(got, want):
             diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("nan")
@@ -387,6 +475,11 @@ def model_card_markdown(package: dict) -> str:
              f"{hm['match_points']} match points, threshold at mean "
              f"{hm['threshold_at_mean_intensity']}, clipped to {hm['clip']}; reference "
              f"{hm['reference']} (embedded, {tuple(hm['reference_image'].shape)})"]
+    pa = rec.get("prealign")
+    if pa:
+        lines.append(f"* Atlas pre-alignment (star model): {pa['method']}, preset "
+                     f"{pa['preset']}, seed {pa['random_seed']}; atlas {pa['atlas']} (embedded, "
+                     f"{tuple(pa['atlas_image'].shape)})")
     for note in rec.get("notes", []):
         lines.append(f"* Note: {note}")
     lines += ["", "## Metrics on the study's test pairs", ""]

@@ -4,7 +4,9 @@ Writes the output contract of ``docs/design.md`` for every pair of ``pairs.csv``
 ``disp_<f>_<m>.nii.gz`` (Learn2Reg voxel displacement, fixed grid), ``warped_<f>_<m>.nii.gz``
 (moving image on the fixed grid, fixed affine), ``warpedseg_<f>_<m>.nii.gz`` (nearest neighbour,
 when the moving subject has a segmentation), ``landmarks_<f>_<m>.csv`` (the fixed landmarks carried
-into the moving image, ``p + flow(p)``, when the fixed subject has landmarks), ``times.csv`` and
+into the moving image, ``p + flow(p)``, when the fixed subject has landmarks), for cascades with
+an affine subnet ``affine_<f>_<m>.json`` (the affine part ``{W, b}`` of the flow, paper eq. 11:
+``vtn native-space`` continues the map with it outside the crop box), ``times.csv`` and
 ``method.json``; with ``itk_warp`` also ``warp_<f>_<m>.nii.gz`` (ANTs/ITK displacement transform,
 LPS mm, usable as an ``antsApplyTransforms`` transform).
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vtn.contract import write_pair, write_times
+from vtn.contract import write_affine_part, write_pair, write_times
 from vtn.device import describe_device, resolve_device
 from vtn.io import (DISP_DTYPES, InputError, atomic_write_json, load_volume, read_pairs,
                     read_subjects, save_itk_warp)
@@ -123,6 +125,7 @@ def register_pairs(checkpoint, subjects_csv, pairs_csv, out_dir, device: str = "
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     rows = []
+    affine_part = False
     say(f"device {describe_device(dev)}; {len(pairs)} pairs, {precision}")
     with torch.inference_mode():
         f0, m0 = pairs[0]
@@ -141,6 +144,9 @@ def register_pairs(checkpoint, subjects_csv, pairs_csv, out_dir, device: str = "
             warped = out["warped"][-1][0, 0].float().cpu().numpy()
             write_pair(out_dir, f, m, flow, warped, faff, subjects[m]["seg"],
                        subjects[f]["landmarks"], disp_dtype=disp_dtype)
+            affine_part = out["affine"] is not None
+            if affine_part:
+                write_affine_part(out_dir, f, m, out["affine"][0][0], out["affine"][1][0])
             if itk_warp:
                 save_itk_warp(out_dir / f"warp_{f}_{m}.nii.gz", flow[0].cpu().numpy(), faff, maff)
             rows.append({"fixed": f, "moving": m, "seconds": seconds,
@@ -163,6 +169,7 @@ def register_pairs(checkpoint, subjects_csv, pairs_csv, out_dir, device: str = "
         "timing": "model forward only, one warm-up pass excluded",
         "itk_warp": bool(itk_warp),
         "disp_dtype": disp_dtype,
+        "affine_part": "affine_<f>_<m>.json" if affine_part else None,
         "versions": {"vtn": __version__, "torch": str(torch.__version__)},
     })
     return out_dir

@@ -2,18 +2,23 @@
 
 ``vtn register-images --model MODEL.pt FIXED MOVING --out DIR [--moving-seg S]
 [--fixed-landmarks L] [--fixed-mask M] [--moving-mask M] [--organ liver|brain] [--device auto]
-[--overwrite]``
+[--threads T] [--overwrite]``
 
 ``FIXED``/``MOVING``: NIfTI/Analyze, MetaImage, NRRD, MGH, or a folder holding one DICOM series;
 any orientation and spacing. ``MODEL.pt``: a package of ``vtn package-model`` (weights +
 preprocessing recipe + model card). Stages, one progress line each:
 
-1. load the package; ``--organ`` (optional) must match the organ it was trained on;
+1. load the package (its progress line names the model); ``--organ`` (optional) must match the
+   organ it was trained on;
 2. read and check the inputs (3-D, one volume, finite, labels/masks on their image's grid);
    non-NIfTI inputs are converted to NIfTI in a temporary folder (geometry kept);
 3. preprocess the fixed and 4. the moving scan with the recipe
    (:func:`vtn.recipe.apply_recipe`): crop box from ``--fixed-mask``/``--moving-mask``
    (any voxel > 0 is organ) or, without a mask, the recipe's organ finder;
+   models trained on atlas pre-aligned data (star models) then align both preprocessed scans
+   to the atlas embedded in the package with ANTs, as ``vtn prealign`` did their training data
+   (:func:`vtn.recipe.prealign_to_atlas`; one more stage; ``--threads`` ITK threads, default
+   1: deterministic), and that affine enters the map back;
 5. the network on the two ``S^3`` images (``--device auto``: CUDA when available);
 6. the native-space outputs (:mod:`vtn.native`): the crop/resample maps composed with the
    network's flow on the original fixed grid; outside the crop box the network's affine part
@@ -50,8 +55,6 @@ OUTPUT_PREFIXES = (("warp_", ".nii.gz"), ("disp_", ".nii.gz"), ("warped_", ".nii
                    ("warpedseg_", ".nii.gz"), ("landmarks_", ".csv"), ("overlay_", ".png"),
                    ("registration_", ".json"))
 
-_STAGES = 7
-
 
 def _as_nifti(path, tmp: Path, tag: str, labels: bool = False):
     """Read and check a scan; returns ``(NIfTI path for vtn.data.preprocess, array, affine)``."""
@@ -74,7 +77,7 @@ def _same_grid(path, arr, aff, image_path, image_arr, image_aff, what):
 
 def register_images(model, fixed, moving, out, moving_seg=None, fixed_landmarks=None,
                     fixed_mask=None, moving_mask=None, organ=None, device="auto",
-                    overwrite=False, log=print) -> dict:
+                    overwrite=False, threads=1, log=print) -> dict:
     """Register ``moving`` to ``fixed`` with a model package (module docstring).
 
     Returns:
@@ -85,9 +88,9 @@ def register_images(model, fixed, moving, out, moving_seg=None, fixed_landmarks=
             outputs without ``overwrite``.
     """
     from vtn.data.learn2reg import pair_stem
-    from vtn.native import (NativeGrids, check_landmarks_inside, folding_percent, write_native,
-                            write_overlay)
-    from vtn.recipe import apply_recipe, load_package
+    from vtn.native import (NATIVE_CONVENTIONS, NativeGrids, check_landmarks_inside,
+                            folding_percent, model_to_raw, write_native, write_overlay)
+    from vtn.recipe import apply_recipe, load_package, prealign_to_atlas
     from vtn.device import resolve_device
 
     t_start = time.perf_counter()
@@ -99,13 +102,18 @@ def register_images(model, fixed, moving, out, moving_seg=None, fixed_landmarks=
         raise InputError(f"{existing[0]}: exists (pass --overwrite to replace the outputs of "
                          f"this pair)")
 
-    def stage(k, text):
-        log(f"[{k}/{_STAGES}] {text} ({time.perf_counter() - t_start:.1f} s)")
-
-    stage(1, f"loading model package {model}")
     dev = resolve_device(device)
     net, pkg = load_package(model, dev)
     recipe, card = pkg["recipe"], pkg["card"]
+    prealign = recipe.get("prealign")
+    n_stages, done = 7 + bool(prealign), []
+
+    def stage(text):
+        done.append(text)
+        log(f"[{len(done)}/{n_stages}] {text} ({time.perf_counter() - t_start:.1f} s)")
+
+    stage(f"loaded model package {model} ({card['name']}, {recipe['organ']}, "
+          f"{recipe['size']}^3{', atlas pre-aligned' if prealign else ''})")
     if organ is not None and organ != recipe["organ"]:
         raise InputError(f"{model}: model '{card['name']}' was trained on {recipe['organ']} "
                          f"scans ({card['training_data']['source']}), but --organ {organ} was "
@@ -114,7 +122,7 @@ def register_images(model, fixed, moving, out, moving_seg=None, fixed_landmarks=
     with tempfile.TemporaryDirectory(prefix="vtn-register-images-") as tmpdir:
         tmp = Path(tmpdir)
         t0 = time.perf_counter()
-        stage(2, "reading the inputs")
+        stage("reading the inputs")
         f_path, f_arr, f_aff = _as_nifti(fixed, tmp, "fixed")
         m_path, m_arr, m_aff = _as_nifti(moving, tmp, "moving")
         seg = None
@@ -137,10 +145,10 @@ def register_images(model, fixed, moving, out, moving_seg=None, fixed_landmarks=
         times["read"] = time.perf_counter() - t0
 
         prep = {}
-        for k, (tag, path, mask) in enumerate((("fixed", f_path, masks.get("fixed_mask")),
-                                               ("moving", m_path, masks.get("moving_mask"))), 3):
+        for tag, path, mask in (("fixed", f_path, masks.get("fixed_mask")),
+                                ("moving", m_path, masks.get("moving_mask"))):
             finder = "organ mask" if mask is not None else recipe["crop"]["organ_finder"]
-            stage(k, f"preprocessing the {tag} scan with the model's recipe "
+            stage(f"preprocessing the {tag} scan with the model's recipe "
                      f"({recipe['organ']}, {recipe['size']}^3, crop from the {finder})")
             t0 = time.perf_counter()
             try:
@@ -151,12 +159,23 @@ def register_images(model, fixed, moving, out, moving_seg=None, fixed_landmarks=
             prep[tag] = (img, res)
             times[f"preprocess_{tag}"] = time.perf_counter() - t0
 
-    stage(5, f"inference on {dev}")
+    aligned = {}
+    if prealign:
+        stage(f"pre-aligning both scans to the model's atlas ({prealign['method']}, preset "
+              f"{prealign['preset']})")
+        for tag, (img, res) in prep.items():
+            aligned[tag], a2p, seconds = prealign_to_atlas(recipe, img, res.affine,
+                                                           threads=threads)
+            res.meta["atlas_to_prep"] = a2p.tolist()
+            res.meta["prealign_seconds"] = seconds
+            times[f"prealign_{tag}"] = seconds
+
+    stage(f"inference on {dev}")
     t0 = time.perf_counter()
     S = recipe["size"]
     with torch.inference_mode():
-        f_t = torch.from_numpy(prep["fixed"][0]).view(1, 1, S, S, S).to(dev)
-        m_t = torch.from_numpy(prep["moving"][0]).view(1, 1, S, S, S).to(dev)
+        f_t = torch.from_numpy(aligned.get("fixed", prep["fixed"][0])).view(1, 1, S, S, S).to(dev)
+        m_t = torch.from_numpy(aligned.get("moving", prep["moving"][0])).view(1, 1, S, S, S).to(dev)
         res = net(f_t, m_t)
         flow = res["flow"][0].double().cpu()
         affine = None
@@ -168,17 +187,17 @@ def register_images(model, fixed, moving, out, moving_seg=None, fixed_landmarks=
     times["inference"] = time.perf_counter() - t0
     folding = folding_percent(flow)
 
-    stage(6, "native-space warp on the original fixed grid")
+    stage("native-space warp on the original fixed grid")
     fmeta, mmeta = prep["fixed"][1].meta, prep["moving"][1].meta
     grids = NativeGrids(fixed_shape=f_arr.shape, fixed_affine=np.asarray(fmeta["raw_affine"]),
-                        fixed_map=np.asarray(fmeta["prep_to_raw"]), moving_shape=m_arr.shape,
+                        fixed_map=model_to_raw(fmeta), moving_shape=m_arr.shape,
                         moving_affine=np.asarray(mmeta["raw_affine"]),
-                        moving_map=np.asarray(mmeta["prep_to_raw"]), model_shape=(S, S, S))
+                        moving_map=model_to_raw(mmeta), model_shape=(S, S, S))
     nat = write_native(out, stem, grids, flow, m_arr, affine=affine, moving_seg=seg,
                        fixed_landmarks=lms, log=log)
     times["native"] = nat["seconds"]
 
-    stage(7, "overlay and summary")
+    stage("overlay and summary")
     t0 = time.perf_counter()
     from vtn.io import load_volume
 
@@ -202,24 +221,18 @@ def register_images(model, fixed, moving, out, moving_seg=None, fixed_landmarks=
                   "organ": recipe["organ"], "size": S,
                   "architecture": card["architecture"]},
         "device": str(dev),
+        "prealign_threads": int(threads) if prealign and threads is not None else None,
         "preprocessing": {tag: {k: prep[tag][1].meta[k] for k in
                                 ("raw_shape", "raw_affine", "crop_box", "box_source",
-                                 "prep_to_raw", "intensity")} for tag in prep},
+                                 "prep_to_raw", "intensity", "atlas_to_prep")
+                                if k in prep[tag][1].meta} for tag in prep},
         "outside_crop": nat["outside"],
         "outside_crop_rule": nat["outside_rule"],
         "inside_crop_percent": nat["inside_crop_percent"],
         "folding_percent": folding,
         "folding_definition": "share of model-grid voxels with det(I + grad u) <= 0 (forward "
                               "differences), the network's flow",
-        "conventions": {
-            "itk_warp": "5-D NIfTI (X, Y, Z, 1, 3), intent 1007, LPS mm, fixed -> moving "
-                        "(resampling) convention, original fixed grid",
-            "l2r_disp": "(X, Y, Z, 3) float32: moving voxel index minus fixed voxel index, "
-                        "original fixed grid",
-            "warped": "original moving scan resampled on the original fixed grid, trilinear, "
-                      "0 beyond half a voxel outside the moving scan (as antsApplyTransforms)",
-            "landmarks": "name,x,y,z RAS mm: the fixed landmarks carried into the moving scan",
-        },
+        "conventions": NATIVE_CONVENTIONS,
         "seconds": times,
         "files": files,
     }
@@ -248,13 +261,17 @@ def cli(argv=None) -> int:
     ap.add_argument("--organ", choices=["liver", "brain"], default=None,
                     help="the organ of your scans (checked against the model's)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="ITK threads of the ANTs atlas pre-alignment of star models (1: "
+                         "deterministic)")
     ap.add_argument("--overwrite", action="store_true", help="replace existing outputs of this pair")
     a = ap.parse_args(argv)
     try:
         register_images(a.model, a.fixed, a.moving, a.out, moving_seg=a.moving_seg,
                         fixed_landmarks=a.fixed_landmarks, fixed_mask=a.fixed_mask,
                         moving_mask=a.moving_mask, organ=a.organ, device=a.device,
-                        overwrite=a.overwrite, log=lambda s: print(s, file=sys.stderr))
+                        overwrite=a.overwrite, threads=a.threads,
+                        log=lambda s: print(s, file=sys.stderr))
     except InputError as exc:
         print(f"vtn register-images: error: {exc}", file=sys.stderr)
         return 1

@@ -7,7 +7,10 @@ holds it after ``workflow/schemas/config.schema.yaml``) to
 * the report's design (:func:`spec`, the ``results/specs/<study>.json`` read by ``vtn tables``,
   ``vtn figures`` and ``vtn claims``);
 * the facts of datasets the rules need (:func:`test_pairs`, :func:`liver_label`,
-  :func:`data_source`) and the cross-key checks the schema cannot express (:func:`check`).
+  :func:`data_source`, the Learn2Reg ones :func:`learn2reg_subset`, :func:`task_pairs`) and the
+  cross-key checks the schema cannot express (:func:`check`);
+* the optional outputs: each model's package card (:func:`package_card`), the native-space
+  outputs (:func:`native_space`).
 
 Pure functions of the config, no torch and no Snakemake: ``workflow/rules/common.smk`` imports
 this module and keeps only paths and rule inputs. A new kind of model is one more ``add(...)`` in
@@ -24,7 +27,8 @@ from vtn.train.config import resolve_augment
 
 __all__ = ["STAR", "BASELINE_TOOLS", "PAPER_RECIPE", "ConfigError", "check", "models",
            "baselines", "methods", "model_config", "recipe_departures", "data_source", "spec",
-           "test_pairs", "liver_label", "has_star", "supervised_dataset"]
+           "test_pairs", "liver_label", "has_star", "supervised_dataset", "learn2reg_subset",
+           "task_pairs", "package_card", "native_space"]
 
 STAR = "\u2605"  # the paper's mark of ANTs-pre-aligned methods
 BASELINE_TOOLS = {"ants": "ANTs", "elastix": "Elastix"}  # tool -> display name
@@ -88,6 +92,7 @@ def check(config: dict) -> None:
                         f"datasets.{name}.{key}: {d[key]} does not exist "
                         f"(dataset {name!r}, source {d['source']!r})"
                     )
+    _check_learn2reg(datasets)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,3 +356,65 @@ def spec(config: dict, study: str, prealign_subjects: str | None = None) -> dict
         "method_notes": notes,
         "prealign_subjects": prealign_subjects,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Learn2Reg datasets, model packages, native-space outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def learn2reg_subset(config: dict, dataset: str) -> str:
+    """The images of a ``source: learn2reg`` dataset (:data:`vtn.data.learn2reg.SUBSETS`):
+    its ``subset`` key, default ``all``."""
+    return str(config["datasets"][dataset].get("subset", "all"))
+
+
+def task_pairs(config: dict, dataset: str) -> bool:
+    """Whether a dataset's pairs are the ones its source lists rather than random ordered pairs:
+    Learn2Reg ``val`` / ``test`` subsets take the task's ``registration_val`` /
+    ``registration_test`` pairs (the challenge's evaluation pairs); ``train`` / ``all`` and
+    every other source get ordered pairs (``vtn.data.preprocess.make_pairs``)."""
+    d = config["datasets"][dataset]
+    return d["source"] == "learn2reg" and learn2reg_subset(config, dataset) in ("val", "test")
+
+
+def _check_learn2reg(datasets: dict) -> None:
+    for name, d in datasets.items():
+        if "subset" in d and d["source"] != "learn2reg":
+            raise ConfigError(f"datasets.{name}.subset: only for source learn2reg (dataset "
+                              f"{name!r} is {d['source']!r})")
+        if d["source"] != "learn2reg" or d["organ"] != "liver" or "label" in d:
+            continue
+        from vtn.data.learn2reg import task_liver_label
+        from vtn.io import InputError
+
+        try:
+            found = task_liver_label(d["path"])
+        except InputError as exc:
+            raise ConfigError(f"datasets.{name}.path: {exc}") from None
+        hint = (f"the task's JSON names the liver {found}: set label: {found}" if found
+                else "the task's JSON names no liver label")
+        raise ConfigError(f"datasets.{name}.label: required for a learn2reg liver dataset "
+                          f"({hint})")
+
+
+def package_card(config: dict, study: str, model: str) -> dict:
+    """Name and training-data text of a model's package card (``vtn package-model --name
+    --source``): ``<study>/<model>`` and the model's training datasets with their sources."""
+    m = models(config, study)[model]
+    datasets = config["datasets"]
+    names = [f"{n} ({datasets[n]['source']}" + (f", {learn2reg_subset(config, n)} subset"
+                                                 if datasets[n]["source"] == "learn2reg" else "")
+             + ")" for n in m["train"]]
+    source = "training datasets " + ", ".join(names)
+    if all(datasets[n]["source"] == "embedded" for n in m["train"]):
+        source += f"; {config['data_note']}"
+    if m["star"]:
+        source += "; pre-aligned to the atlas " + config["studies"][study]["atlas"]["subject"]
+    return {"name": f"{study}/{model}: {m['display']}", "source": source}
+
+
+def native_space(config: dict) -> bool:
+    """Whether the workflow writes every method's test registrations in the original image
+    space (``outputs: native_space``)."""
+    return bool((config.get("outputs") or {}).get("native_space", False))

@@ -28,17 +28,19 @@ from vtn.io import InputError
 
 __all__ = ["PRESETS", "ants_arguments", "register_ants", "ants_field_to_voxel", "ants_version"]
 
-#: Stage parameters of the presets. ``paper`` is footnote 2 verbatim; ``fast`` keeps every stage,
-#: metric, sampling and pyramid of the paper but runs fewer iterations (for the small default
-#: study on CPUs).
+#: Stage parameters of the presets: iterations, smoothing sigmas (voxels) and shrink factors of
+#: the linear (Rigid, Affine) and SyN stages, one entry per pyramid level. ``paper`` is footnote 2
+#: verbatim; ``fast`` keeps every stage, metric and sampling of the paper with fewer iterations
+#: and, for the 32^3 images of the default study, fewer pyramid levels (the paper's coarsest SyN
+#: level shrinks 128^3 by 6; on 32^3 it would be 5^3 voxels).
 PRESETS = {
     "paper": {
-        "linear_iterations": "2000x2000x2000",
-        "syn_iterations": "100x100x100x50",
+        "linear_iterations": "2000x2000x2000", "linear_smooth": "2x1x0", "linear_shrink": "4x2x1",
+        "syn_iterations": "100x100x100x50", "syn_smooth": "3x2x1x0", "syn_shrink": "6x4x2x1",
     },
     "fast": {
-        "linear_iterations": "200x100x50",
-        "syn_iterations": "40x20x10x5",
+        "linear_iterations": "200x100x50", "linear_smooth": "2x1x0", "linear_shrink": "4x2x1",
+        "syn_iterations": "40x20x10x5", "syn_smooth": "3x2x1x0", "syn_shrink": "6x4x2x1",
     },
 }
 
@@ -52,7 +54,7 @@ def ants_arguments(fixed, moving, outprefix, preset="paper", seed=1, linear_iter
         moving: moving image path (``M``).
         outprefix: output prefix (``-o``); transforms are written as ``<prefix>0GenericAffine.mat``
             and ``<prefix>1Warp.nii.gz``.
-        preset: ``"paper"`` (footnote 2) or ``"fast"`` (fewer iterations, same stages).
+        preset: a key of :data:`PRESETS` (``"paper"``: footnote 2).
         seed: ``--random-seed`` (non-zero int); ANTs is deterministic with one thread and a seed.
         linear_iterations, syn_iterations: override the preset's ``-c`` iteration schedules
             (e.g. ``"20x10x5"``, ``"10x5x2x0"``; tests only; the level counts must not change).
@@ -69,22 +71,25 @@ def ants_arguments(fixed, moving, outprefix, preset="paper", seed=1, linear_iter
         p["linear_iterations"] = str(linear_iterations)
     if syn_iterations is not None:
         p["syn_iterations"] = str(syn_iterations)
-    if len(p["linear_iterations"].split("x")) != 3 or len(p["syn_iterations"].split("x")) != 4:
-        raise ValueError("ANTs iteration schedules need 3 (linear) and 4 (SyN) levels")
+    for stage in ("linear", "syn"):
+        levels = {len(p[f"{stage}_{k}"].split("x")) for k in ("iterations", "smooth", "shrink")}
+        if len(levels) != 1:
+            raise ValueError(f"ANTs preset {preset!r}: the {stage} iterations, smoothing and "
+                             f"shrink factors need one entry per level each, got "
+                             f"{[p[f'{stage}_{k}'] for k in ('iterations', 'smooth', 'shrink')]}")
     F, M = str(fixed), str(moving)
-    lin = p["linear_iterations"]
+    lin = ["-c", f"[{p['linear_iterations']},1e-9,15]", "-s", p["linear_smooth"],
+           "-f", p["linear_shrink"]]
     return [
         "-d", "3", "-u", "1", "-w", "[0.025,0.975]",
         "-r", f"[{F},{M},1]",
         "-t", "Rigid[0.1]",
-        "-m", f"MI[{F},{M},1,32,Regular,0.2]",
-        "-c", f"[{lin},1e-9,15]", "-s", "2x1x0", "-f", "4x2x1",
+        "-m", f"MI[{F},{M},1,32,Regular,0.2]", *lin,
         "-t", "Affine[0.1]",
-        "-m", f"MI[{F},{M},1,32,Regular,0.1]",
-        "-c", f"[{lin},1e-9,15]", "-s", "2x1x0", "-f", "4x2x1",
+        "-m", f"MI[{F},{M},1,32,Regular,0.1]", *lin,
         "-t", "SyN[0.15,3.0,0.0]",
         "-m", f"CC[{F},{M},1,4]",
-        "-c", f"[{p['syn_iterations']},1e-9,15]", "-s", "3x2x1x0", "-f", "6x4x2x1",
+        "-c", f"[{p['syn_iterations']},1e-9,15]", "-s", p["syn_smooth"], "-f", p["syn_shrink"],
         "--random-seed", str(int(seed)),
         "-o", str(outprefix),
     ]

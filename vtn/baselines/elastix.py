@@ -30,10 +30,15 @@ from vtn.io import InputError
 __all__ = ["PRESETS", "parameter_maps", "register_elastix", "elastix_field_to_voxel",
            "elastix_version"]
 
-#: Overrides of the default maps per preset (``None`` = keep the default map's value).
+#: Overrides of the default maps per preset (``None`` = keep the default map's value):
+#: ``MaximumNumberOfIterations`` of each map, ``NumberOfResolutions`` (pyramid levels) of both
+#: (the B-spline map's ``GridSpacingSchedule`` keeps its finest ``resolutions`` entries) and
+#: further elastix ``parameters`` set in both maps.
+#: ``paper`` is footnote 3 (default affine map, default B-spline map with 1000 iterations);
+#: ``fast`` is sized for 32^3 images (the default maps' 4 levels halve a 32^3 image down to 4^3).
 PRESETS = {
-    "paper": {"affine_iterations": None, "bspline_iterations": 1000},
-    "fast": {"affine_iterations": None, "bspline_iterations": 250},
+    "paper": {"affine_iterations": None, "bspline_iterations": 1000, "resolutions": None},
+    "fast": {"affine_iterations": None, "bspline_iterations": 250, "resolutions": None},
 }
 
 _ITK = None
@@ -66,7 +71,8 @@ def parameter_maps(preset="paper", affine_iterations=None, bspline_iterations=No
     """The preset's elastix parameter maps as plain dicts (``{name: [values...]}``).
 
     Args:
-        preset: ``"paper"`` (default affine + default bspline with 1000 iterations) or ``"fast"``.
+        preset: a key of :data:`PRESETS` (``"paper"``: default affine + default bspline with
+            1000 iterations).
         affine_iterations, bspline_iterations: override the preset's ``MaximumNumberOfIterations``.
 
     Returns:
@@ -77,12 +83,20 @@ def parameter_maps(preset="paper", affine_iterations=None, bspline_iterations=No
     itk = _itk()
     po = itk.ParameterObject.New()
     maps = []
+    p = PRESETS[preset]
     override = {"affine_iterations": affine_iterations, "bspline_iterations": bspline_iterations}
     for kind, key in (("affine", "affine_iterations"), ("bspline", "bspline_iterations")):
         m = {k: list(v) for k, v in dict(po.GetDefaultParameterMap(kind)).items()}
-        it = override[key] if override[key] is not None else PRESETS[preset][key]
+        it = override[key] if override[key] is not None else p[key]
         if it is not None:
             m["MaximumNumberOfIterations"] = [str(int(it))]
+        levels = p.get("resolutions")
+        if levels is not None:
+            m["NumberOfResolutions"] = [str(int(levels))]
+            if "GridSpacingSchedule" in m:
+                m["GridSpacingSchedule"] = m["GridSpacingSchedule"][-int(levels):]
+        for name, value in (p.get("parameters") or {}).items():
+            m[name] = [str(value)]
         maps.append(m)
     return maps
 
@@ -179,9 +193,12 @@ def register_elastix(fixed_path, moving_path, preset="paper", threads=1, return_
         "version": elastix_version(),
         "preset": preset,
         "threads": int(threads),
-        "arguments": ["-p", "Affine (default map)", "-p",
+        "arguments": ["-p", f"Affine (default map, MaximumNumberOfIterations "
+                            f"{maps[0]['MaximumNumberOfIterations'][0]}, NumberOfResolutions "
+                            f"{maps[0]['NumberOfResolutions'][0]})", "-p",
                       f"BSpline (default map, MaximumNumberOfIterations "
-                      f"{maps[1]['MaximumNumberOfIterations'][0]})"],
+                      f"{maps[1]['MaximumNumberOfIterations'][0]}, NumberOfResolutions "
+                      f"{maps[1]['NumberOfResolutions'][0]})"],
         "parameter_maps": maps,
     }
     if return_tool_warped:

@@ -41,7 +41,8 @@ import numpy as np
 from vtn.io import InputError, save_raw_landmarks, scan_stem
 
 __all__ = ["PAIR_LISTS", "SUBSETS", "find_dataset_json", "read_keypoints", "import_learn2reg",
-           "pair_stem"]
+           "task_counts",
+           "task_liver_label", "pair_stem"]
 
 #: the JSON's pair lists, in the order their pairs are written
 PAIR_LISTS = ("registration_val", "registration_test", "training_paired_images")
@@ -121,7 +122,8 @@ def import_learn2reg(path, outdir, subset="all", log=None):
 
     Args:
         path: the task folder (or its dataset JSON).
-        outdir: folder of the converted keypoint files (``<sid>_landmarks.csv``).
+        outdir: folder of the converted keypoint files (``<sid>_landmarks.csv``); ``None``:
+            list only, nothing converted (``landmarks`` stay ``None``; :func:`task_counts`).
         subset: one of :data:`SUBSETS`.
         log: optional ``callable(str)`` for notes (skipped test images, the liver label).
 
@@ -129,8 +131,6 @@ def import_learn2reg(path, outdir, subset="all", log=None):
         ``(rows, pairs)``: rows ``{subject, image, seg, landmarks}`` (paths), pairs
         ``[(fixed, moving, split)]`` of subject ids.
     """
-    import nibabel as nib
-
     if subset not in SUBSETS:
         raise InputError(f"learn2reg subset must be one of {', '.join(SUBSETS)}, got {subset!r}")
     json_path = find_dataset_json(path)
@@ -141,7 +141,7 @@ def import_learn2reg(path, outdir, subset="all", log=None):
         raise InputError(f"{json_path}: not valid JSON ({exc})") from exc
     if not isinstance(spec.get("training"), list):
         raise InputError(f"{json_path}: no 'training' list (not a Learn2Reg dataset JSON)")
-    outdir = Path(outdir)
+    outdir = Path(outdir) if outdir is not None else None
     rows, by_image, kind = [], {}, {}
     for split, entries in (("training", spec["training"]), ("test", spec.get("test") or [])):
         for entry in entries:
@@ -193,17 +193,45 @@ def import_learn2reg(path, outdir, subset="all", log=None):
     pairs = [p for p in pairs if p[0] in keep and p[1] in keep]
     for r in rows:  # keypoints are converted for the kept subjects only
         kp = r.pop("keypoints")
-        if kp is not None:
+        if kp is not None and outdir is not None:
+            import nibabel as nib
+
             names, mm = read_keypoints(kp, nib.load(str(r["image"])).affine)
             r["landmarks"] = outdir / f"{r['subject']}_landmarks.csv"
             save_raw_landmarks(r["landmarks"], names, mm)
     if log:
-        labels = spec.get("labels") or {}
-        liver = [k for k, v in labels.items() if "liver" in str(v).lower()]
-        if liver:
-            log(f"{spec.get('name', json_path.stem)}: liver label {liver[0]} "
-                f"(set liver_label: {liver[0]} for this dataset)")
+        liver = _liver_label(spec)
+        if liver is not None:
+            log(f"{spec.get('name', json_path.stem)}: liver label {liver} "
+                f"(label: {liver} in the dataset's config)")
     return rows, pairs
+
+
+def task_counts(path, subset="all") -> tuple:
+    """``(images, pairs)`` that :func:`import_learn2reg` lists for ``subset``, found without
+    converting anything: the workflow counts them when it builds the DAG (:mod:`vtn.jobs`)."""
+    rows, pairs = import_learn2reg(path, None, subset=subset)
+    return len(rows), len(pairs)
+
+
+def _liver_label(spec):
+    labels = spec.get("labels") or {}
+    liver = [k for k, v in labels.items() if "liver" in str(v).lower()]
+    return liver[0] if liver else None
+
+
+def task_liver_label(path):
+    """The label value the task's JSON gives the liver (``labels``, e.g. ``"6"`` in
+    AbdomenCTCT), or ``None``.
+
+    Args:
+        path: the task folder or its dataset JSON.
+    """
+    json_path = find_dataset_json(path)
+    try:
+        return _liver_label(json.loads(json_path.read_text()))
+    except ValueError as exc:
+        raise InputError(f"{json_path}: not valid JSON ({exc})") from exc
 
 
 def pair_stem(fixed, moving) -> str:

@@ -51,8 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vtn.io import (InputError, atomic_write, atomic_write_json, load_raw_landmarks, load_volume, read_subjects,
-                    save_landmarks, save_volume)
+from vtn.io import (InputError, atomic_write, atomic_write_json, load_raw_landmarks, load_volume, read_pairs,
+                    read_subjects, save_landmarks, save_volume)
 from vtn.labels import check_liver_label, describe_mask, organ_mask
 
 __all__ = [
@@ -503,11 +503,16 @@ def _atomic_csv(df, path):
         df.to_csv(tmp, index=False)
 
 
-def make_pairs(subjects, max_pairs=None, seed=0):
-    """All ordered pairs ``(fixed, moving)``, ``fixed != moving``, in table order; with
-    ``max_pairs`` a deterministic random subset (``numpy.random.default_rng(seed)``), kept in
-    table order."""
-    pairs = [(f, m) for f in subjects for m in subjects if f != m]
+def make_pairs(subjects, max_pairs=None, seed=0, listed=None):
+    """The ordered test pairs ``(fixed, moving)`` of a dataset: all pairs ``fixed != moving`` in
+    table order, or the ``listed`` ones (a Learn2Reg task's ``registration_val`` pairs, in
+    their order) whose two subjects are both in ``subjects``; with ``max_pairs`` a deterministic
+    random subset of them (``numpy.random.default_rng(seed)``), kept in order."""
+    if listed is None:
+        pairs = [(f, m) for f in subjects for m in subjects if f != m]
+    else:
+        have = set(subjects)
+        pairs = [(f, m) for f, m in listed if f in have and m in have]
     if max_pairs is not None and 0 <= max_pairs < len(pairs):
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(len(pairs), size=int(max_pairs), replace=False))
@@ -526,7 +531,8 @@ def _error_file(exc, row):
 
 def preprocess_dataset(subjects, organ, size, reference, out, reference_seg=None, liver_label="5",
                        keep_going=False, pairs_out=None, max_pairs=None, seed=0,
-                       median_radius=35, seg_output="full", outside_crop="drop", log=print):
+                       median_radius=35, seg_output="full", outside_crop="drop", pairs_from=None,
+                       log=print):
     """Preprocess every subject of a raw ``subjects.csv`` into ``out``.
 
     Args:
@@ -538,6 +544,10 @@ def preprocess_dataset(subjects, organ, size, reference, out, reference_seg=None
         reference_seg: optional label map of the reference (for its crop).
         keep_going: continue after a failed subject (listed in ``failed.csv``).
         pairs_out: optional ``pairs.csv`` of ordered pairs of the successful subjects.
+        pairs_from: optional pair list (``fixed,moving[,split]``, e.g. the ``--pairs-out`` of
+            ``vtn import --layout learn2reg``): ``pairs_out`` gets these pairs instead of all
+            ordered pairs (:func:`make_pairs`); a listed subject missing from ``subjects`` is an
+            error, pairs of failed subjects (``keep_going``) are left out and logged.
 
     Returns:
         dict with ``done`` (subject ids) and ``failed`` (list of ``(subject, file, error)``).
@@ -550,6 +560,17 @@ def preprocess_dataset(subjects, organ, size, reference, out, reference_seg=None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = read_subjects(subjects)
+    listed = None
+    if pairs_from is not None:
+        listed = read_pairs(pairs_from)
+        known = {r["subject"] for r in rows}
+        for f, m in listed:
+            for sid in (f, m):
+                if sid not in known:
+                    raise InputError(f"{pairs_from}: pair {f} <- {m} names subject {sid!r}, "
+                                     f"which {subjects} does not list")
+        if not listed:
+            raise InputError(f"{pairs_from}: no pairs listed")
     t0 = time.perf_counter()
     ref = preprocess_subject(reference, organ, size, seg=reference_seg, liver_label=liver_label,
                              median_radius=median_radius)
@@ -596,7 +617,12 @@ def preprocess_dataset(subjects, organ, size, reference, out, reference_seg=None
     if keep_going:
         _atomic_csv(pd.DataFrame(failed, columns=["subject", "file", "error"]), out / "failed.csv")
     if pairs_out is not None:
-        pairs = make_pairs(done, max_pairs=max_pairs, seed=seed)
+        pairs = make_pairs(done, max_pairs=max_pairs, seed=seed, listed=listed)
+        if listed is not None:
+            lost = [p for p in listed if p[0] not in done or p[1] not in done]
+            if lost:
+                log(f"{len(lost)} listed pair(s) of failed subjects left out: "
+                    + ", ".join(f"{f} <- {m}" for f, m in lost))
         _atomic_csv(pd.DataFrame(pairs, columns=["fixed", "moving"]), pairs_out)
     return {"done": done, "failed": failed}
 
@@ -616,6 +642,10 @@ def cli(argv=None) -> int:
     p.add_argument("--pairs-out", default=None, help="write ordered pairs fixed,moving here")
     p.add_argument("--max-pairs", type=int, default=None,
                    help="random subset of at most N pairs (0 or absent: all pairs)")
+    p.add_argument("--pairs-from", default=None, metavar="CSV",
+                   help="take the pairs from this list (fixed,moving[,split], e.g. a Learn2Reg "
+                        "task's registration_val pairs from vtn import --pairs-out) instead of "
+                        "all ordered pairs")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair subset")
     p.add_argument("--liver-label", default="5",
                    help="liver label value (TotalSegmentator: 5) or 'any' (LiTS/SLIVER/HDF5 masks)")
@@ -643,7 +673,7 @@ def cli(argv=None) -> int:
                                  reference_seg=a.reference_seg, liver_label=a.liver_label,
                                  keep_going=a.keep_going, pairs_out=a.pairs_out, max_pairs=a.max_pairs,
                                  seed=a.seed, median_radius=a.median_radius, seg_output=a.seg_output,
-                                 outside_crop=a.landmarks_outside_crop,
+                                 outside_crop=a.landmarks_outside_crop, pairs_from=a.pairs_from,
                                  log=lambda s: print(s, file=sys.stderr))
     except (InputError, ValueError) as exc:
         print(f"vtn preprocess: error: {exc}", file=sys.stderr)

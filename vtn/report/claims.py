@@ -188,7 +188,10 @@ def _speed(st: _Study, a, b, device: str, min_ratio):
 
     da, db = per_device(a, device), per_device(b, "cpu")
     if len(da) == 0:
-        row["verdict"], row["note"] = "inconclusive", f"{a} has no {device} timings"
+        row["verdict"], row["note"] = "inconclusive", (
+            f"needs a GPU: {st.disp(a)} was not timed on a GPU in this run (run the study on a "
+            f"GPU, e.g. config/gpu.yaml, to test it)" if device == "gpu"
+            else f"{st.disp(a)} has no cpu timings")
         return row
     if len(db) == 0:
         row["verdict"], row["note"] = "inconclusive", f"{b} has no cpu timings"

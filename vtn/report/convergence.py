@@ -8,8 +8,9 @@ of the logged ``total`` loss over the trailing window of ``window`` (10 %) of al
     S_prev = mean(loss, steps in (0.8 T, 0.9 T])
     drop   = (S_prev - S_end) / |S_prev|        (positive: still falling)
 
-and a curve is **flat** when ``drop < threshold`` (2 %). The windows are chosen by the ``step``
-column, so logs written every ``log_every`` steps work the same. A loss that *rises* over the
+and a curve is **flat** when ``drop < threshold`` (2 %). The logged rows are equally spaced
+(every step or every ``log_every`` steps), so a window is the last ``ceil(10 % of the rows)``
+rows (at least one: very short runs compare their last two rows). A loss that *rises* over the
 last 10 % (negative drop) is flat by this test but reported with its sign.
 
 The VoxelMorph-2 loss (negative local NCC + gradient term) is negative: the relative drop uses
@@ -39,9 +40,11 @@ def plateau(steps, losses, window: float = WINDOW, threshold: float = THRESHOLD)
     """Plateau statistic of one training curve.
 
     Args:
-        steps: increasing optimisation steps of the logged rows (1-based, the last one is ``T``).
+        steps: increasing optimisation steps of the logged rows (equally spaced: every step, or
+            every ``log_every`` steps; the last one is ``T``).
         losses: the logged loss at those steps (same length).
-        window: fraction of ``T`` per smoothing window, in ``(0, 0.5]``.
+        window: fraction of the logged rows per smoothing window, in ``(0, 0.5]``; a window
+            holds ``ceil(window * rows)`` rows, at least one.
         threshold: largest relative drop of a flat curve.
 
     Returns:
@@ -49,7 +52,7 @@ def plateau(steps, losses, window: float = WINDOW, threshold: float = THRESHOLD)
         "flat": drop < threshold}``.
 
     Raises:
-        ValueError: mismatched lengths, a bad ``window``, or a window without any logged row.
+        ValueError: mismatched lengths, a bad ``window``, or fewer than two logged rows.
     """
     steps = [int(s) for s in steps]
     losses = [float(v) for v in losses]
@@ -57,21 +60,16 @@ def plateau(steps, losses, window: float = WINDOW, threshold: float = THRESHOLD)
         raise ValueError(f"steps and losses differ in length ({len(steps)} vs {len(losses)})")
     if not 0 < window <= 0.5:
         raise ValueError(f"window must be in (0, 0.5], got {window}")
-    if not steps:
-        raise ValueError("steps: the training log has no rows")
-    total = max(steps)
-    cut_end = total * (1.0 - window)
-    cut_prev = total * (1.0 - 2.0 * window)
-    last = [v for s, v in zip(steps, losses) if s > cut_end]
-    prev = [v for s, v in zip(steps, losses) if cut_prev < s <= cut_end]
-    if not last or not prev:
-        raise ValueError(f"steps: no logged row in one of the last two {window:.0%} windows "
-                         f"of {total} steps")
+    if len(steps) < 2:
+        raise ValueError(f"steps: the training log needs at least 2 logged steps, has "
+                         f"{len(steps)}")
+    k = max(1, math.ceil(window * len(steps)))
+    last, prev = losses[-k:], losses[-2 * k:-k]
     s_end = sum(last) / len(last)
     s_prev = sum(prev) / len(prev)
     drop = (s_prev - s_end) / abs(s_prev) if s_prev != 0 else math.inf
-    return {"steps": total, "loss_prev": s_prev, "loss_end": s_end, "drop_pct": 100.0 * drop,
-            "flat": bool(drop < threshold)}
+    return {"steps": max(steps), "loss_prev": s_prev, "loss_end": s_end,
+            "drop_pct": 100.0 * drop, "flat": bool(drop < threshold)}
 
 
 def check_logs(logs: dict, window: float = WINDOW, threshold: float = THRESHOLD):

@@ -184,12 +184,16 @@ def method_figure(columns, fixed, moving, lm_names, out_png, axis=2, title=""):
 
 
 def training_curves(models_dir, names, out_png) -> list:
-    """Plot ``train_log.csv`` of each model (``total`` and loss terms vs ``step``).
+    """Plot ``train_log.csv`` of each model: the loss terms and the total vs ``step``, the total
+    smoothed as the plateau check smooths it (mean over windows of 10 % of the steps,
+    :mod:`vtn.report.convergence`), the last 10 % shaded, and the check's drop in the title.
 
     Returns:
         the names of the models that had a log.
     """
     import pandas as pd
+
+    from vtn.report import convergence
 
     plt = _plt()
     logs = {}
@@ -210,8 +214,18 @@ def training_curves(models_dir, names, out_png) -> list:
         for col in df.columns:
             if col in skip or not np.issubdtype(df[col].dtype, np.number):
                 continue
-            ax.plot(df["step"], df[col], lw=1.5 if col == "total" else 0.8, label=col)
-        ax.set_title(n, fontsize=9)
+            ax.plot(df["step"], df[col], lw=0.6 if col == "total" else 0.8, label=col,
+                    alpha=0.5 if col == "total" else 1.0)
+        title = n
+        if "total" in df.columns and len(df) >= 2:
+            k = max(1, int(np.ceil(convergence.WINDOW * len(df))))
+            smooth = df["total"].rolling(k, min_periods=1).mean()
+            ax.plot(df["step"], smooth, lw=1.6, color="black", label="total, smoothed")
+            ax.axvspan(df["step"].iloc[-k], df["step"].iloc[-1], color="0.85", zorder=0)
+            res = convergence.plateau(df["step"], df["total"])
+            title += (f"\nsmoothed loss drop over the last 10 %: {res['drop_pct']:.1f} % "
+                      f"({'flat' if res['flat'] else 'still falling'})")
+        ax.set_title(title, fontsize=8)
         ax.set_xlabel("step")
         ax.legend(fontsize=6)
     for j in range(len(logs), nrow * ncol):

@@ -29,7 +29,8 @@ USE_GPU = gpu_request(config["device"])
 GPU_THREADS = config["gpu_threads"] if USE_GPU else THREADS
 DEVICE = "cuda" if USE_GPU else "cpu"
 EMBEDDED = [n for n, d in DATASETS.items() if d["source"] == "embedded"]
-USER = [n for n, d in DATASETS.items() if d["source"] != "embedded"]
+LEARN2REG = [n for n, d in DATASETS.items() if d["source"] == "learn2reg"]
+USER = [n for n, d in DATASETS.items() if d["source"] not in ("embedded", "learn2reg")]
 
 
 def _alt(names):
@@ -46,6 +47,7 @@ wildcard_constraints:
     dataset=_alt(DATASETS),
     embedded=_alt(EMBEDDED),
     user=_alt(USER),
+    l2r=_alt(LEARN2REG),
     model=_alt({m for st in STUDIES for m in MODELS[st]}),
     method=_alt({m for st in STUDIES for m in METHODS[st]}),
     tool=_alt(S.BASELINE_TOOLS),
@@ -79,6 +81,11 @@ def prep_csv(dataset):
 
 def pairs_csv(dataset):
     return f"results/data/{dataset}/pairs.csv"
+
+
+def task_pairs_csv(dataset):
+    """The pairs a Learn2Reg task lists for the dataset's images (``vtn import --pairs-out``)."""
+    return f"results/data/{dataset}/raw/pairs.csv"
 
 
 def gt_dir(dataset):
@@ -119,6 +126,14 @@ def reg_dir(study, method):
 
 def metrics_csv(study, method):
     return f"results/metrics/{study}/{method}.csv"
+
+
+def package_file(study, model):
+    return model_file(study, model, "model.pt")
+
+
+def native_dir(study, method):
+    return f"results/native/{study}/{method}"
 
 
 def targets_dir(study):
@@ -229,6 +244,31 @@ def register_inputs(wc):
     }
 
 
+def package_inputs(wc):
+    """A model's package: its checkpoint, training tables (in training order), metrics."""
+    return {
+        "ckpt": model_file(wc.study, wc.model, "checkpoint.pt"),
+        "subjects": train_inputs(wc)["subjects"],
+        "metrics": metrics_csv(wc.study, wc.model),
+    }
+
+
+def native_inputs(wc):
+    """A method's test registrations and the subjects they were registered on (star methods:
+    the pre-aligned ones, whose records carry ``atlas_to_prep``)."""
+    test = test_set(wc.study)
+    return {
+        "reg": reg_dir(wc.study, wc.method),
+        "subjects": subjects_for(wc.study, test, is_star(wc.study, wc.method)),
+        "pairs": pairs_csv(test),
+    }
+
+
+def preprocess_pairs_from(wc):
+    """The task's pair list for Learn2Reg val/test datasets (``vtn.study.task_pairs``), else none."""
+    return [task_pairs_csv(wc.dataset)] if S.task_pairs(config, wc.dataset) else []
+
+
 def evaluate_inputs(wc):
     test = test_set(wc.study)
     star = is_star(wc.study, wc.method)
@@ -298,6 +338,9 @@ def benchmark_files():
         files += [benchmark("baseline", st, t, c) for t in BASELINES[st]
                   for c in pair_chunks(test)]
         files += [benchmark("evaluate", st, m) for m in METHODS[st]]
+        files += [benchmark("package_model", st, m) for m in MODELS[st]]
+        if S.native_space(config):
+            files += [benchmark("native_space", st, m) for m in METHODS[st]]
         files.append(benchmark("figures", st))
     return list(dict.fromkeys(files))
 
@@ -312,6 +355,9 @@ def final_outputs():
     for study in STUDIES:
         out += study_metrics(study)
         out += [tables_dir(study), figures_dir(study)]
+        out += [package_file(study, m) for m in MODELS[study]]
+        if S.native_space(config):
+            out += [native_dir(study, m) for m in METHODS[study]]
     out += [data_figure(name) for name in EMBEDDED]
     out += ["results/claims.md", "results/runtime.md"]
     return out

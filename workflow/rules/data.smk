@@ -65,3 +65,21 @@ rule import_dataset:
     shell:
         "python -m vtn import --layout {params.layout} --path {params.path} {params.landmarks}"
         " --out {output} > {log} 2>&1"
+
+
+rule import_learn2reg:
+    # a Learn2Reg task folder: the subset's images and the pairs the task lists among them
+    output:
+        subjects=raw_csv("{l2r}"),
+        pairs=task_pairs_csv("{l2r}"),
+    params:
+        path=lambda wc: DATASETS[wc.l2r]["path"],
+        subset=lambda wc: S.learn2reg_subset(config, wc.l2r),
+    log:
+        "logs/import_dataset/{l2r}.log",
+    threads: 1
+    conda:
+        "../envs/vtn.yaml"
+    shell:
+        "python -m vtn import --layout learn2reg --path {params.path:q} --subset {params.subset}"
+        " --out {output.subjects} --pairs-out {output.pairs} > {log} 2>&1"

@@ -7,10 +7,12 @@ rule preprocess:
     input:
         subjects=lambda wc: raw_csv(wc.dataset),
         reference=lambda wc: organ_reference(wc.dataset),
+        listed=preprocess_pairs_from,
     output:
         subjects=prep_csv("{dataset}"),
         pairs=pairs_csv("{dataset}"),
     params:
+        pairs_from=lambda wc, input: f"--pairs-from {input.listed}" if input.listed else "",
         organ=lambda wc: DATASETS[wc.dataset]["organ"],
         out=lambda wc, output: str(Path(output.subjects).parent),
         max_pairs=lambda wc: S.test_pairs(config, wc.dataset),
@@ -30,7 +32,8 @@ rule preprocess:
     shell:
         "python -m vtn preprocess --subjects {input.subjects} --organ {params.organ} --size {params.size}"
         " --reference-subjects {input.reference} --out {params.out} {params.label}"
-        " --pairs-out {output.pairs} --max-pairs {params.max_pairs} > {log} 2>&1"
+        " --pairs-out {output.pairs} --max-pairs {params.max_pairs} {params.pairs_from}"
+        " > {log} 2>&1"
 
 
 rule ground_truth:
