@@ -13,10 +13,11 @@ Steps (each guarded by a time budget; a step that fails or runs out is recorded,
 3. ``train_loop``: the real ``vtn train`` loop (augmentation, indexing, deferred loss
    read-back) at 128³, batch 8, ADDD and ADDD + inv, 40 steps: ms per step from its log.
    ``sync_check``: counts CUDA host synchronisations of ``vtn train`` (sync debug mode) for 6
-   and 12 steps; equal counts = none inside a step. Last, if time is left:
+   and 12 steps; no more for 12 than for 6 = none inside a step. Last, if time is left:
    ``train_loop_compiled`` (``compile: true``).
 4. ``bench``: ``python -m vtn.bench --cascade ADDD --size 128 --batch 8 --device cuda --json``
-   plain, ``--fast``, ``--inv`` and ``--inv --bf16 --channels-last``, and last
+   plain, ``--fast``, ``--inv``, the peer (``--type voxelmorph-package``: the voxelmorph
+   package's own dense model, its defaults) and ``--inv --bf16 --channels-last``, and last
    ``--fast --compile --no-train`` (compiled inference), each in a subprocess with a timeout (peak
    memory from ``torch.cuda.max_memory_allocated``); ``correctness_compiled`` repeats step 1 with
    ``torch.compile``.
@@ -170,7 +171,7 @@ def step_train_loop(args, dev, variants=("ADDD", "ADDD+inv")) -> dict:
 
 def step_sync_check(args, dev) -> dict:
     """Host synchronisations of ``vtn train`` (``torch.cuda.set_sync_debug_mode("warn")``) for
-    two run lengths: equal counts mean no synchronisation inside a step (only the final read-back
+    two run lengths: no more for the longer run means no synchronisation inside a step (only the final read-back
     and checkpoint synchronise)."""
     import tempfile
     import warnings
@@ -200,7 +201,7 @@ def step_sync_check(args, dev) -> dict:
             counts[steps] = len(msgs)
             first[steps] = sorted(set(msgs))[:5]
     return {"sync_warnings": counts, "examples": first,
-            "per_step_sync": counts[12] != counts[6]}
+            "per_step_sync": counts[12] > counts[6]}
 
 
 def step_bench(args, deadline, variants) -> list:
@@ -275,6 +276,7 @@ def main(argv=None) -> int:
 
     # most important first: the plain/fast/inv timings, then the checks, compiled variants last
     res["bench"] = step_bench(args, deadline, [[], ["--fast"], ["--inv"],
+                                               ["--type", "voxelmorph-package"],
                                                ["--inv", "--bf16", "--channels-last"]])
     save()
 

@@ -14,6 +14,7 @@ def test_to_device_cpu_is_exact_and_casts():
     assert i.dtype == torch.long and i.tolist() == [[0, 2], [1, 0]]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_to_device_cuda_does_not_synchronise():
     t = torch.rand(2, 3, 5, 5, 5, dtype=torch.float64)
@@ -34,6 +35,7 @@ def test_fill_kernels_give_the_same_constants_as_a_host_copy(dtype):
     assert torch.equal(filled, torch.tensor(values, dtype=dtype))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_warp_and_affine_flow_do_not_synchronise():
     from vtn.functional import affine_flow, centered_grid, warp

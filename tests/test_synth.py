@@ -283,6 +283,17 @@ def test_ground_truth_transports_landmarks_identity_prep(liver_raw, tmp_path):
         a, _ = load_disp_l2r(tmp_path / "gt" / f"disp_{f}_{m}.nii.gz")
         b, _ = load_disp_l2r(tmp_path / "gt2" / f"disp_{f}_{m}.nii.gz")
         np.testing.assert_array_equal(a, b)
+    # --disp-dtype int16: scaled integers, within the quantisation step of the float field
+    rc = synth.cli_ground_truth(["--raw", str(raw), "--prep", str(prep), "--pairs",
+                                 str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "gt16"),
+                                 "--disp-dtype", "int16"])
+    assert rc == 0
+    for f, m in [("liver000", "liver001"), ("liver001", "liver002")]:
+        a, _ = load_disp_l2r(tmp_path / "gt" / f"disp_{f}_{m}.nii.gz")
+        b, _ = load_disp_l2r(tmp_path / "gt16" / f"disp_{f}_{m}.nii.gz")
+        assert nib.load(str(tmp_path / "gt16" / f"disp_{f}_{m}.nii.gz")).get_data_dtype() == np.int16
+        step = (a.max() - a.min()) / 65535
+        assert np.abs(a - b).max() <= step and np.abs(a).max() > 1.0
 
 
 def test_ground_truth_with_resampling_prep_matrices(liver_raw):

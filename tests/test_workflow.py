@@ -313,6 +313,22 @@ def test_gpu_config_dry_run(tmp_path, monkeypatch):
                for j in js if "runtime" in j["resources"]) <= 240
 
 
+def test_gpu_mini_config_has_the_gpu_configs_models(tmp_path):
+    """config/gpu-mini.yaml (issue 16) is config/gpu.yaml's DAG in miniature: the same 21
+    trainings, each asking for the GPU; config/gpu-mini-cpu.yaml turns it into its CPU rehearsal."""
+    mini = dry_run(tmp_path / "gpu", ROOT / "config" / "gpu-mini.yaml")
+    full = yaml.safe_load((ROOT / "config" / "gpu.yaml").read_text())
+    small = yaml.safe_load((ROOT / "config" / "gpu-mini.yaml").read_text())
+    assert small["studies"] == {
+        k: {**v, "supervised": {"pairs": 4}, "baselines": {"ants": "fast", "elastix": "fast"}}
+        for k, v in full["studies"].items()}
+    assert mini["train"] == mini["register_model"] == 11 + 10
+    assert mini["baseline"] == 4 and mini["supervision_targets"] == 2
+    rehearsal = dry_run_files(tmp_path / "cpu", ROOT / "config" / "gpu-mini.yaml",
+                              ROOT / "config" / "gpu-mini-cpu.yaml")
+    assert rehearsal == mini
+
+
 def test_trainings_ask_for_a_gpu_only_where_one_is_used(tmp_path):
     """`device: auto` is decided when the DAG is built, without torch: with no GPU on the
     machine (nvidia-smi) the trainings ask for no `gpu` and get `threads`, so `--cores` runs

@@ -9,6 +9,13 @@ Measures, on random inputs of size ``S^3``:
   the swapped pair and the invertibility term is added (the "+inv" variants);
 * on CUDA the peak allocated memory of each phase (MiB).
 
+``--type voxelmorph-package`` times the *peer*: the ``voxelmorph`` package's own dense model
+(``voxelmorph.nn.models.VxmPairwise``, its defaults: a 5-level U-Net of 16 features, 5
+scaling-and-squaring steps; version >= 0.3, pure PyTorch) with its own spatial transformer,
+forward returning the displacement and the warped moving image; its training step uses MSE + the
+L2 gradient penalty (weight 0.01). Not a dependency: install it beside the project
+(``pip install --no-deps voxelmorph neurite pystrum``) to measure it.
+
 Warm-up iterations (``--warmup``, default 1; more with ``--compile``) are run first and excluded;
 every timed region ends with ``torch.cuda.synchronize``. Default precision is plain float32;
 ``--bf16`` (autocast), ``--channels-last`` and ``--compile`` (``torch.compile``) enable the fast
@@ -51,6 +58,32 @@ def _peak_mib(dev):
     return torch.cuda.max_memory_allocated(dev) / 2**20
 
 
+def _voxelmorph_package_peer(device: str):
+    """The voxelmorph package's own dense model (its defaults) and an MSE + 0.01 * L2-gradient
+    loss on its ``(displacement, warped moving)`` output."""
+    try:
+        import voxelmorph as vxm
+    except ImportError as exc:
+        raise ValueError("--type voxelmorph-package needs the voxelmorph package (>= 0.3): "
+                         "pip install --no-deps voxelmorph neurite pystrum") from exc
+
+    class Peer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = vxm.nn.models.VxmPairwise(ndim=3, source_channels=1, target_channels=1,
+                                                 device=str(device))
+
+        def forward(self, fixed, moving):  # vtn's argument order; vxm's is (source, target)
+            return self.net(moving, fixed, return_warped_source=True)
+
+    def loss_fn(out, fixed):
+        disp, warped = out
+        grad = sum((disp.diff(dim=d) ** 2).mean() for d in (2, 3, 4))
+        return ((warped - fixed) ** 2).mean() + 0.01 * grad
+
+    return Peer(), loss_fn
+
+
 def run_bench(cascade: str = "ADDD", size: int = 128, batch: int = 8, device: str = "cpu",
               repeats: int = 5, warmup: int = 1, inv: bool = False, model_type: str = "vtn",
               bf16: bool = False, channels_last: bool = False, compile: bool = False,
@@ -84,6 +117,10 @@ def run_bench(cascade: str = "ADDD", size: int = 128, batch: int = 8, device: st
             raise ValueError("--inv is only defined for VTN cascades")
         model = networks.build_model({"type": "voxelmorph2", "image_size": size})
         loss_fn = losses.VoxelMorphLoss()
+    elif model_type == "voxelmorph-package":
+        if inv:
+            raise ValueError("--inv is only defined for VTN cascades")
+        model, loss_fn = _voxelmorph_package_peer(device)
     else:
         raise ValueError(f"unknown model type {model_type!r}")
     n_params = sum(p.numel() for p in model.parameters())
@@ -168,6 +205,8 @@ def run_bench(cascade: str = "ADDD", size: int = 128, batch: int = 8, device: st
             out_rev = fwd(m, f) if inv else None
             if model_type == "vtn":
                 loss, _ = loss_fn(out, f, out_reverse=out_rev)
+            elif model_type == "voxelmorph-package":
+                loss = loss_fn(out, f)
             else:
                 loss, _ = loss_fn(out, f)
         opt.zero_grad(set_to_none=True)
@@ -191,7 +230,8 @@ def cli(argv=None) -> int:
     """``vtn bench --cascade ADDD --size 128 --batch 8 --device cpu|cuda [--json]``."""
     ap = argparse.ArgumentParser(prog="vtn bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cascade", default="ADDD", help="VTN cascade spec (A?D+)")
-    ap.add_argument("--type", default="vtn", choices=["vtn", "voxelmorph2"], dest="model_type")
+    ap.add_argument("--type", default="vtn", choices=["vtn", "voxelmorph2", "voxelmorph-package"],
+                    dest="model_type", help="voxelmorph-package: the peer (see above)")
     ap.add_argument("--size", type=int, default=128, help="image size S (S^3 volumes)")
     ap.add_argument("--batch", type=int, default=8, help="pairs per batch")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
@@ -220,7 +260,8 @@ def cli(argv=None) -> int:
     if args.json:
         print(json.dumps(res))
     else:
-        name = res["cascade"] if args.model_type == "vtn" else "VoxelMorph-2"
+        name = {"vtn": res["cascade"], "voxelmorph2": "VoxelMorph-2"}.get(
+            args.model_type, "voxelmorph package (VxmPairwise)")
         print(f"{name}{' +inv' if args.inv else ''} at {args.size}^3 on {res['device_name']} "
               f"({res['threads']} threads, {res['params'] / 1e6:.2f} M parameters)")
         rows = [("inference, batch 1", res["infer_ms_per_pair_b1"], "ms/pair"),

@@ -46,6 +46,7 @@ rule ground_truth:
     params:
         raw=lambda wc, input: str(Path(input.raw).parent),
         prep=lambda wc, input: str(Path(input.prep).parent),
+        disp=config["disp_dtype"],
     log:
         "logs/ground_truth/{embedded}.log",
     benchmark:
@@ -62,7 +63,7 @@ rule ground_truth:
         "../envs/vtn.yaml"
     shell:
         "python -m vtn ground-truth --raw {params.raw} --prep {params.prep} --pairs {input.pairs}"
-        " --out {output} --jobs {threads} > {log} 2>&1"
+        " --out {output} --jobs {threads} --disp-dtype {params.disp} > {log} 2>&1"
 
 
 rule prealign:

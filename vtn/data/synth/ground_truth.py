@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vtn.data.synth.transforms import SubjectTransform, apply_affine
-from vtn.io import InputError, read_pairs, read_subjects, save_disp_l2r
+from vtn.io import DISP_DTYPES, InputError, read_pairs, read_subjects, save_disp_l2r
 
 __all__ = ["ground_truth_disp", "ground_truth", "cli"]
 
@@ -91,17 +91,19 @@ def _gt_subject(raw: Path, prep: Path, subjects: dict, sid: str):
     return (tf, raw_aff) + _prep_info(prep, sid, raw_aff)
 
 
-def _gt_pair(raw: Path, prep: Path, out: Path, subjects: dict, f: str, m: str, tol: float) -> dict:
+def _gt_pair(raw: Path, prep: Path, out: Path, subjects: dict, f: str, m: str, tol: float,
+             disp_dtype: str = "float32") -> dict:
     t0 = time.perf_counter()
     tf_f, aff_f, p2r_f, shape_f, prep_aff_f = _gt_subject(raw, prep, subjects, f)
     tf_m, aff_m, p2r_m, _, _ = _gt_subject(raw, prep, subjects, m)
     disp, res = ground_truth_disp(tf_f, tf_m, aff_f, aff_m, p2r_f, p2r_m, shape_f, tol=tol)
-    save_disp_l2r(out / f"disp_{f}_{m}.nii.gz", disp, prep_aff_f)
+    save_disp_l2r(out / f"disp_{f}_{m}.nii.gz", disp, prep_aff_f, dtype=disp_dtype)
     return {"fixed": f, "moving": m, "max_inverse_residual_mm": res,
             "seconds": time.perf_counter() - t0}
 
 
-def ground_truth(raw, prep, pairs, out, tol: float = 1e-5, jobs: int = 1) -> list:
+def ground_truth(raw, prep, pairs, out, tol: float = 1e-5, jobs: int = 1,
+                 disp_dtype: str = "float32") -> list:
     """Write ``out/disp_<f>_<m>.nii.gz`` for every pair of ``pairs.csv`` (Learn2Reg format).
 
     Args:
@@ -126,11 +128,11 @@ def ground_truth(raw, prep, pairs, out, tol: float = 1e-5, jobs: int = 1) -> lis
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(_gt_pair, raw, prep, out, subjects, f, m, tol)
+            futures = [pool.submit(_gt_pair, raw, prep, out, subjects, f, m, tol, disp_dtype)
                        for f, m in pair_list]
             log = [fut.result() for fut in futures]
     else:
-        log = [_gt_pair(raw, prep, out, subjects, f, m, tol) for f, m in pair_list]
+        log = [_gt_pair(raw, prep, out, subjects, f, m, tol, disp_dtype) for f, m in pair_list]
     pd.DataFrame(log, columns=["fixed", "moving", "max_inverse_residual_mm", "seconds"]).to_csv(
         out / "ground_truth.csv", index=False)
     return log
@@ -145,9 +147,11 @@ def cli(argv=None) -> int:
     p.add_argument("--pairs", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--jobs", type=int, default=1, help="pairs computed in parallel processes")
+    p.add_argument("--disp-dtype", choices=DISP_DTYPES, default="float32",
+                   help="on-disk type of the displacements (int16: scaled, ~4x smaller)")
     a = p.parse_args(argv)
     try:
-        log = ground_truth(a.raw, a.prep, a.pairs, a.out, jobs=a.jobs)
+        log = ground_truth(a.raw, a.prep, a.pairs, a.out, jobs=a.jobs, disp_dtype=a.disp_dtype)
     except (InputError, RuntimeError) as exc:
         print(f"vtn ground-truth: error: {exc}", file=sys.stderr)
         return 1
