@@ -344,7 +344,7 @@ def test_trainings_ask_for_a_gpu_only_where_one_is_used(tmp_path):
         return jobs["train"] + jobs["register_model"]
 
     cpu = train_jobs(VTN_FAKE_GPUS="0")
-    assert {(j["threads"], j["resources"]["gpu"]) for j in cpu} == {(2, 0)}
+    assert {(j["threads"], j["resources"]["gpu"]) for j in cpu} == {(1, 0)}
     assert all("--device cpu" in j["shell"] for j in cpu)
     gpu = train_jobs(VTN_FAKE_GPUS="1")
     assert {(j["threads"], j["resources"]["gpu"]) for j in gpu} == {(4, 1)}
