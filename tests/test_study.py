@@ -108,6 +108,11 @@ def test_spec_of_the_default_study(default):
     brain = S.spec(default, "brain", "results/prealign/brain/brain_test/subjects.csv")
     assert brain["prealign_subjects"].endswith("subjects.csv")
     assert {"a": "ADD", "b": "DD-star", "metrics": ["lm_dist_vox", "iou"]} in brain["comparisons"]
+    # the DD-star model trained on set A is a data-amount row, not a cascade (the cascade claim
+    # compared D-star with it instead of with DD-star)
+    assert brain["tables"]["cascades"] == ["D-star", "DD-star", "AD", "ADD"]
+    assert [r["method"] for r in brain["tables"]["data_amount"]] == ["DD-star-data-set-a",
+                                                                    "DD-star"]
     json.dumps(spec)  # what the workflow writes
 
 

@@ -300,7 +300,8 @@ def spec(config: dict, study: str, prealign_subjects: str | None = None) -> dict
     for tool, preset in bl.items():
         methods_[tool] = {"display": BASELINE_TOOLS[tool], "kind": "baseline", "preset": preset}
     vxm = [n for n, m in ms.items() if m["type"] == "voxelmorph2"]
-    stars = [n for n, m in ms.items() if m["star"] and m["type"] == "vtn"]
+    stars = [n for n, m in ms.items()
+             if m["star"] and m["type"] == "vtn" and "data_label" not in m]
     plain = [n for n, m in ms.items()
              if m["type"] == "vtn" and not (m["inv"] or m["supervised"] or m["star"]
                                             or "data_label" in m)]
