@@ -93,7 +93,12 @@ def main(argv=None) -> int:
         sync()
     events = prof.key_averages()
     if cuda:
-        busy = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1000 / 3
+        # kernel rows only: an operator row's self device time repeats its kernels' time (the
+        # first H200 run summed both and printed 200 % busy)
+        from torch.autograd import DeviceType
+
+        busy = sum(e.self_device_time_total for e in events
+                   if e.device_type == DeviceType.CUDA) / 1000 / 3
         print(f"GPU kernels: {busy:.1f} ms per step of {ms:.1f} ms wall "
               f"({100 * busy / ms:.0f} % busy)")
         print(events.table(sort_by="self_device_time_total", row_limit=args.rows))

@@ -259,8 +259,13 @@ def test_ground_truth_transports_landmarks_identity_prep(liver_raw, tmp_path):
         _write_prep(prep, sid, np.eye(4), LIVER_SHAPE)
     pd.DataFrame({"fixed": ["liver000", "liver001"], "moving": ["liver001", "liver002"]}).to_csv(
         tmp_path / "pairs.csv", index=False)
-    rc = synth.cli_ground_truth(["--raw", str(raw), "--prep", str(prep), "--pairs",
-                                 str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "gt")])
+
+    def gt(out, *extra):
+        return synth.cli_ground_truth(["--raw", str(raw), "--prep", str(prep), "--pairs",
+                                       str(tmp_path / "pairs.csv"), "--out", str(tmp_path / out),
+                                       *extra])
+
+    rc = gt("gt")
     assert rc == 0
     inv = np.linalg.inv(LIVER_AFFINE)
     for f, m in [("liver000", "liver001"), ("liver001", "liver002")]:
@@ -275,18 +280,14 @@ def test_ground_truth_transports_landmarks_identity_prep(liver_raw, tmp_path):
     log = pd.read_csv(tmp_path / "gt" / "ground_truth.csv")
     assert (log["max_inverse_residual_mm"] < 1e-4).all()
     # pairs computed in parallel processes give the same files
-    rc = synth.cli_ground_truth(["--raw", str(raw), "--prep", str(prep), "--pairs",
-                                 str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "gt2"),
-                                 "--jobs", "2"])
+    rc = gt("gt2", "--jobs", "2")
     assert rc == 0
     for f, m in [("liver000", "liver001"), ("liver001", "liver002")]:
         a, _ = load_disp_l2r(tmp_path / "gt" / f"disp_{f}_{m}.nii.gz")
         b, _ = load_disp_l2r(tmp_path / "gt2" / f"disp_{f}_{m}.nii.gz")
         np.testing.assert_array_equal(a, b)
     # --disp-dtype int16: scaled integers, within the quantisation step of the float field
-    rc = synth.cli_ground_truth(["--raw", str(raw), "--prep", str(prep), "--pairs",
-                                 str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "gt16"),
-                                 "--disp-dtype", "int16"])
+    rc = gt("gt16", "--disp-dtype", "int16")
     assert rc == 0
     for f, m in [("liver000", "liver001"), ("liver001", "liver002")]:
         a, _ = load_disp_l2r(tmp_path / "gt" / f"disp_{f}_{m}.nii.gz")

@@ -10,7 +10,7 @@
 #                           embedded data, preprocessing, ground truth, ANTs pre-alignment,
 #                           supervision targets, the ANTs and Elastix baselines and their metrics
 #                           (`--omit-from train register_model`); then copies into $CARRY what
-#                           the GPU half reads (no raw data, no baseline registrations), ~30 MB
+#                           the GPU half reads (no raw data, no baseline registrations), ~50 MB
 #   run      (GPU machine)  in $CARRY, `--cores 16 --resources gpu=1`, the GPU rules and what
 #                           follows them: every training, inference, the VTN / VoxelMorph-2
 #                           evaluations; then tables and claims (model packages need SimpleITK
