@@ -174,7 +174,9 @@ def test_slurm_profile_replaces_the_default_profile(tmp_path):
     limit from profiles/default, the per-rule requests of profiles/slurm (dry run, no cluster)."""
     if _plugin_version(sys.executable) is None:
         pytest.skip("snakemake-executor-plugin-slurm not installed (pip install -e '.[slurm]')")
-    args = ["-n", "--directory", str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml")]
+    # `--cores`: without it Snakemake >= 9.2x caps threads at 1 in a dry run (not under SLURM)
+    args = ["-n", "--cores", "64", "--directory", str(tmp_path),
+            "--configfile", str(ROOT / "config" / "config.yaml")]
     # without the option Snakemake discovers profiles/default next to the Snakefile ...
     proc = snakemake(args, env=_env(), cwd=tmp_path)
     out = proc.stdout + proc.stderr

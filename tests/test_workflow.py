@@ -14,6 +14,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: a dry run with the thread counts a real run would get: without `--cores`, Snakemake >= 9.2x
+#: runs a dry run with one core and caps every rule's threads at it (a SLURM run has no local cap)
+DRY_RUN = ("-n", "--cores", "64")
+
+
 def snakemake(*args, cwd=ROOT, check=True):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
@@ -228,7 +233,7 @@ def slurm_dry_run(workdir, configfile):
     """The jobs of a dry run through profiles/slurm (its set-resources applied)."""
     pytest.importorskip("snakemake_executor_plugin_slurm",
                         reason="the SLURM profile needs snakemake-executor-plugin-slurm")
-    proc = snakemake("-n", "--directory", str(workdir), "--configfile", str(configfile),
+    proc = snakemake(*DRY_RUN, "--directory", str(workdir), "--configfile", str(configfile),
                      "--workflow-profile", str(ROOT / "profiles" / "slurm"))
     out = proc.stdout + proc.stderr
     jobs = dry_run_jobs(out.split("Job stats:")[1])
@@ -335,7 +340,7 @@ def test_trainings_ask_for_a_gpu_only_where_one_is_used(tmp_path):
     them side by side; with one, each asks for one GPU and gets `gpu_threads`."""
     def train_jobs(**env):
         proc = subprocess.run(
-            [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n",
+            [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), *DRY_RUN,
              "--directory", str(tmp_path), "--configfile", str(ROOT / "config" / "config.yaml"),
              "--workflow-profile", str(ROOT / "profiles" / "default")],
             capture_output=True, text=True, timeout=600, env={**os.environ, **env})
