@@ -33,11 +33,21 @@ def default():
     return validated("config.yaml")
 
 
-def test_models_of_the_default_study(default):
+@pytest.fixture(scope="module")
+def ablation(default):
+    """The default study with the liver study's "+ inv (all reverse terms)" ablation on."""
+    cfg = copy.deepcopy(default)
+    cfg["studies"]["liver"]["inv_ablation"] = True
+    return cfg
+
+
+def test_models_of_the_default_study(default, ablation):
     liver = S.models(default, "liver")
-    assert list(liver) == ["D", "DD", "DDD", "AD", "ADD", "ADDD", "ADDD-inv", "ADDD-inv-all",
+    assert list(liver) == ["D", "DD", "DDD", "AD", "ADD", "ADDD", "ADDD-inv",
                            "supervised", "voxelmorph", "ADDD-data-set-a", "ADDD-data-set-b"]
-    assert liver["ADDD-inv-all"]["ablation"] and not liver["ADDD-inv"]["ablation"]
+    assert list(S.models(ablation, "liver"))[6:8] == ["ADDD-inv", "ADDD-inv-all"]
+    assert S.models(ablation, "liver")["ADDD-inv-all"]["ablation"]
+    assert not liver["ADDD-inv"]["ablation"]
     assert liver["ADDD-inv"]["inv"] and liver["ADDD-inv"]["cascade"] == "ADDD"
     assert liver["voxelmorph"]["type"] == "voxelmorph2" and not liver["voxelmorph"]["star"]
     assert liver["ADDD-data-set-a"]["train"] == ["liver_a"]
@@ -52,7 +62,7 @@ def test_models_of_the_default_study(default):
     assert S.has_star(default, "brain") and not S.has_star(default, "liver")
 
 
-def test_model_configs_are_valid_train_configs(default):
+def test_model_configs_are_valid_train_configs(default, ablation):
     for name in ("config.yaml", "gpu.yaml", "paper.yaml", "learn2reg-abdomenctct.yaml"):
         cfg = validated(name)
         for st in cfg["studies"]:
@@ -66,7 +76,7 @@ def test_model_configs_are_valid_train_configs(default):
     assert S.model_config(default, "liver", "ADDD-inv")["inv_weight"] == 1e-3
     assert S.model_config(default, "liver", "ADDD")["inv_weight"] == 0.0
     assert "inv_reverse_terms" not in S.model_config(default, "liver", "ADDD-inv")  # inv_only
-    assert S.model_config(default, "liver", "ADDD-inv-all")["inv_reverse_terms"] == "all"
+    assert S.model_config(ablation, "liver", "ADDD-inv-all")["inv_reverse_terms"] == "all"
     vm = S.model_config(default, "liver", "voxelmorph")
     v = default["voxelmorph"]
     assert (vm["type"], vm["epochs"], vm["iterations"], vm["batch"], vm["lr"]) == (
@@ -92,12 +102,14 @@ def test_recipe_departures_are_named():
                "training.lr = 0.001" in n for n in spec["method_notes"])
 
 
-def test_spec_of_the_default_study(default):
+def test_spec_of_the_default_study(default, ablation):
     spec = S.spec(default, "liver")
     assert spec["tables"]["methods"] == ["ants", "elastix", "voxelmorph", "ADDD", "ADDD-inv",
                                          "supervised"]
-    assert spec["tables"]["ablation"] == [{"method": "ADDD-inv-all", "versus": "ADDD-inv"}]
-    assert spec["methods"]["ADDD-inv-all"]["ablation"]
+    assert spec["tables"]["ablation"] == []
+    with_ablation = S.spec(ablation, "liver")
+    assert with_ablation["tables"]["ablation"] == [{"method": "ADDD-inv-all", "versus": "ADDD-inv"}]
+    assert with_ablation["methods"]["ADDD-inv-all"]["ablation"]
     assert spec["tables"]["cascades"] == ["D", "DD", "DDD", "AD", "ADD", "ADDD"]
     assert spec["tables"]["data_amount"][-1] == {"label": "liver_a + liver_b", "method": "ADDD"}
     assert {"a": "ADDD-inv", "b": "ADDD", "metrics": ["iou", "lm_dist_vox", "folding_pct"]} \

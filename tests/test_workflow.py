@@ -56,9 +56,9 @@ def test_default_config_dry_run(tmp_path):
     counts = dry_run(tmp_path, ROOT / "config" / "config.yaml")
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     n_datasets = len(cfg["datasets"])
-    # liver: 6 cascades + ADDD-inv + its ablation + supervised + voxelmorph + 2 data-amount;
+    # liver: 6 cascades + ADDD-inv + supervised + voxelmorph + 2 data-amount;
     # brain: 2 cascades + ADD-inv + 2 star + 1 data-amount (DD-star on set A)
-    n_models = 12 + 6
+    n_models = 11 + 6
     n_methods = n_models + 2 + 2  # ANTs and Elastix in both studies
     assert counts == {
         "fetch_resources": 2,
@@ -68,9 +68,9 @@ def test_default_config_dry_run(tmp_path):
         "prealign": 3,  # brain_a, brain_b, brain_test
         "model_config": n_models,
         "train": n_models,
-        "supervision_targets": 1,
+        "supervision_targets": 2,  # its 8 pairs in chunks of baseline_chunk (6)
         "register_model": n_models,
-        "baseline": 4,  # baseline_chunk 12: the 12 test pairs of a tool in one job
+        "baseline": 8,  # baseline_chunk 6: the 12 test pairs of a tool in two jobs
         "gather_baseline": 4,
         "gather_targets": 1,
         "gather_prealign": 3,
@@ -83,7 +83,7 @@ def test_default_config_dry_run(tmp_path):
         "runtime_summary": 1,
         "all": 1,
         "total": sum(
-            [2, n_datasets, n_datasets, 2, 3, n_models, n_models, 1, n_models, 4, n_methods,
+            [2, n_datasets, n_datasets, 2, 3, n_models, n_models, 2, n_models, 8, n_methods,
              n_models, 2, 2, 2, 1, 1, 1, 4, 1, 3]
         ),
     }
