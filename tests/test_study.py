@@ -72,6 +72,10 @@ def test_model_configs_are_valid_train_configs(default, ablation):
                 assert tc.augment == mc["augment"]
     sup = S.model_config(default, "liver", "supervised")
     assert sup["supervised"] and sup["augment"] is False  # decided by resolve_augment
+    # its own schedule, the same number of steps as the other models
+    assert (sup["epochs"], sup["iterations"]) == (10, 100)
+    assert sup["epochs"] * sup["iterations"] == (
+        default["training"]["epochs"] * default["training"]["iterations"])
     assert S.model_config(default, "liver", "ADDD")["augment"] is True
     assert S.model_config(default, "liver", "ADDD-inv")["inv_weight"] == 1e-3
     assert S.model_config(default, "liver", "ADDD")["inv_weight"] == 0.0
@@ -100,6 +104,13 @@ def test_recipe_departures_are_named():
     spec = S.spec(cfg, "liver")
     assert any(n.startswith("Departures from the paper's training recipe") and
                "training.lr = 0.001" in n for n in spec["method_notes"])
+    # a study's supervised schedule is named too, after the global keys
+    cfg["studies"]["liver"]["supervised"].update(epochs=10, iterations=5)
+    assert S.recipe_departures(cfg, "liver")[-2:] == [
+        "studies.liver.supervised.epochs = 10 (paper: 5)",
+        "studies.liver.supervised.iterations = 5 (paper: 20000)"]
+    assert S.model_config(cfg, "liver", "supervised")["iterations"] == 5
+    assert S.model_config(cfg, "liver", "ADDD")["iterations"] == 20000
 
 
 def test_spec_of_the_default_study(default, ablation):

@@ -25,7 +25,7 @@ from pathlib import Path
 from vtn.modelspec import VOXELMORPH2_DEC_NF, VOXELMORPH2_ENC_NF
 from vtn.train.config import resolve_augment
 
-__all__ = ["STAR", "BASELINE_TOOLS", "PAPER_RECIPE", "ConfigError", "check", "models",
+__all__ = ["STAR", "BASELINE_TOOLS", "PAPER_RECIPE", "SUPERVISED_SCHEDULE", "ConfigError", "check", "models",
            "baselines", "methods", "model_config", "recipe_departures", "data_source", "spec",
            "test_pairs", "liver_label", "has_star", "supervised_dataset", "learn2reg_subset",
            "task_pairs", "package_card", "native_space"]
@@ -192,6 +192,9 @@ def model_config(config: dict, study: str, model: str) -> dict:
     if m["type"] == "voxelmorph2":
         cfg.update(batch=vxm["batch"], iterations=vxm["iterations"], epochs=vxm["epochs"],
                    reg_weight=vxm["reg_weight"], lr=vxm["lr"])
+    if m["supervised"]:
+        cfg.update({k: v for k, v in config["studies"][study]["supervised"].items()
+                    if k in SUPERVISED_SCHEDULE})
     return cfg
 
 
@@ -257,9 +260,15 @@ PAPER_RECIPE = {
 }
 
 
-def recipe_departures(config: dict) -> list:
+#: keys of a study's ``supervised`` section that override ``training`` for the supervised model
+SUPERVISED_SCHEDULE = ("epochs", "iterations")
+
+
+def recipe_departures(config: dict, study: str | None = None) -> list:
     """Every key of the study config that departs from the paper's recipe (:data:`PAPER_RECIPE`),
-    as ``"training.lr = 0.001 (paper: 0.0001)"``."""
+    as ``"training.lr = 0.001 (paper: 0.0001)"``; with ``study``, also the supervised model's
+    own schedule (``studies.<study>.supervised.epochs``/``iterations``; the paper trains it like
+    every VTN)."""
     out = []
     for (section, key), paper in PAPER_RECIPE.items():
         value = config[key] if section is None else config[section][key]
@@ -268,6 +277,11 @@ def recipe_departures(config: dict) -> list:
             out.append(f"{name} = {value:g} (paper: {paper:g})"
                        if isinstance(value, (int, float)) and not isinstance(value, bool)
                        else f"{name} = {value} (paper: {paper})")
+    sup = (config["studies"][study].get("supervised") or {}) if study else {}
+    for key in SUPERVISED_SCHEDULE:
+        paper = PAPER_RECIPE[("training", key)]
+        if key in sup and sup[key] != paper:
+            out.append(f"studies.{study}.supervised.{key} = {sup[key]} (paper: {paper})")
     return out
 
 
@@ -332,7 +346,7 @@ def spec(config: dict, study: str, prealign_subjects: str | None = None) -> dict
         if preset != "paper":
             notes.append(f"{BASELINE_TOOLS[tool]}: preset '{preset}' (not the paper's command; "
                          "see docs/reproduction.md).")
-    departures = recipe_departures(config)
+    departures = recipe_departures(config, study)
     if departures:
         notes.append("Departures from the paper's training recipe (config keys, "
                      "config/README.md): " + "; ".join(departures) + ".")
