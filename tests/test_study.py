@@ -73,7 +73,7 @@ def test_model_configs_are_valid_train_configs(default, ablation):
     sup = S.model_config(default, "liver", "supervised")
     assert sup["supervised"] and sup["augment"] is False  # decided by resolve_augment
     # its own schedule, the same number of steps as the other models
-    assert (sup["epochs"], sup["iterations"]) == (10, 100)
+    assert (sup["epochs"], sup["iterations"]) == (10, 80)
     assert sup["epochs"] * sup["iterations"] == (
         default["training"]["epochs"] * default["training"]["iterations"])
     assert S.model_config(default, "liver", "ADDD")["augment"] is True
