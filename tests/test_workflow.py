@@ -89,6 +89,20 @@ def test_default_config_dry_run(tmp_path):
     }
 
 
+def test_cpu_long_config_dry_run(tmp_path):
+    """config/cpu-long.yaml on top of the default config: the same jobs at 64^3, plus the liver
+    study's "+ inv (all reverse terms)" ablation model."""
+    default = dry_run(tmp_path / "default", ROOT / "config" / "config.yaml")
+    long = dry_run_files(tmp_path / "long", ROOT / "config" / "config.yaml",
+                         ROOT / "config" / "cpu-long.yaml")
+    for rule in ("model_config", "train", "register_model", "evaluate", "package_model"):
+        assert long[rule] == default[rule] + 1, rule
+    assert long["baseline"] == default["baseline"]
+    text = " ".join(shell_commands(tmp_path / "long", ROOT / "config" / "config.yaml",
+                                   ROOT / "config" / "cpu-long.yaml"))
+    assert "--size 64" in text and "ADDD-inv-all" in text
+
+
 def shell_commands(workdir, *configfiles):
     """The shell commands of a dry run (``-p``), one string per job."""
     proc = snakemake("-n", "-p", "--directory", str(workdir), "--configfile", *map(str, configfiles),
