@@ -87,9 +87,19 @@ def test_model_configs_are_valid_train_configs(default, ablation):
         "voxelmorph2", v["epochs"], v["iterations"], v["batch"], v["lr"])
     assert "flow_init_scale" not in vm
     t = default["training"]
-    d = S.model_config(default, "liver", "D")
+    d = S.model_config(default, "liver", "ADD")
     assert (d["epochs"], d["iterations"], d["lr"], d["lr_schedule"]) == (
         t["epochs"], t["iterations"], t["lr"], t["lr_schedule"])
+    # cascade_iterations: the cascades without the affine subnet, star models too
+    assert default["cascade_iterations"] == {"D": 200, "DD": 200, "DDD": 200}
+    for study, model in (("liver", "D"), ("liver", "DDD"), ("brain", "D-star"),
+                         ("brain", "DD-star-data-set-a")):
+        assert S.model_config(default, study, model)["iterations"] == 200, model
+    for study, model in (("liver", "ADDD"), ("liver", "ADDD-data-set-a"), ("brain", "AD")):
+        assert S.model_config(default, study, model)["iterations"] == t["iterations"], model
+    assert S.model_config(default, "liver", "voxelmorph")["iterations"] == v["iterations"]
+    assert any(d_.startswith("cascade_iterations.D = 200 (paper: 20000")
+               for d_ in S.recipe_departures(default))
 
 
 def test_recipe_departures_are_named():

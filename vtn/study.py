@@ -192,6 +192,9 @@ def model_config(config: dict, study: str, model: str) -> dict:
     if m["type"] == "voxelmorph2":
         cfg.update(batch=vxm["batch"], iterations=vxm["iterations"], epochs=vxm["epochs"],
                    reg_weight=vxm["reg_weight"], lr=vxm["lr"])
+    per_cascade = (config.get("cascade_iterations") or {}).get(m["cascade"])
+    if per_cascade and m["type"] == "vtn" and not m["supervised"]:
+        cfg["iterations"] = per_cascade
     if m["supervised"]:
         cfg.update({k: v for k, v in config["studies"][study]["supervised"].items()
                     if k in SUPERVISED_SCHEDULE})
@@ -277,6 +280,9 @@ def recipe_departures(config: dict, study: str | None = None) -> list:
             out.append(f"{name} = {value:g} (paper: {paper:g})"
                        if isinstance(value, (int, float)) and not isinstance(value, bool)
                        else f"{name} = {value} (paper: {paper})")
+    for spec_, n in sorted((config.get("cascade_iterations") or {}).items()):
+        out.append(f"cascade_iterations.{spec_} = {n} (paper: "
+                   f"{PAPER_RECIPE[('training', 'iterations')]}, as every cascade)")
     sup = (config["studies"][study].get("supervised") or {}) if study else {}
     for key in SUPERVISED_SCHEDULE:
         paper = PAPER_RECIPE[("training", key)]
