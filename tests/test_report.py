@@ -251,6 +251,18 @@ def test_claims_pass_fail_inconclusive(tmp_path):
     assert aff["verdict"] == "inconclusive" and "not run" in aff["note"]
 
 
+def test_claims_print_the_study_findings(tmp_path):
+    """A study's `findings` (config) close results/claims.md; a study without any adds nothing."""
+    _write_metrics(tmp_path / "metrics" / "liver")
+    spec = {**_spec(), "findings": "one CT deformed at random: per-pair optimisers win."}
+    claims.write_claims([spec], tmp_path / "metrics", tmp_path / "claims.md")
+    text = (tmp_path / "claims.md").read_text()
+    assert text.rstrip().endswith("- **liver**: one CT deformed at random: per-pair optimisers win.")
+    assert text.index("Summary:") < text.index("## What this data can show")
+    claims.write_claims([_spec()], tmp_path / "metrics", tmp_path / "plain.md")
+    assert "What this data can show" not in (tmp_path / "plain.md").read_text()
+
+
 def test_claims_small_n_and_cli(tmp_path):
     frames = _write_metrics(tmp_path / "metrics" / "liver")
     for name in ("ADDD", "ADDD-inv"):

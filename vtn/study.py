@@ -360,6 +360,7 @@ def spec(config: dict, study: str, prealign_subjects: str | None = None) -> dict
         "study": study,
         "organ": s["organ"],
         "data_source": data_source(config, study),
+        "findings": s.get("findings", ""),
         "image_size": config["image_size"],
         "training": {"epochs": train["epochs"], "iterations": train["iterations"],
                      "batch": train["batch"]},

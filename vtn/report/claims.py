@@ -328,6 +328,13 @@ def write_claims(specs, metrics_root, out) -> list:
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     counts = pd.Series([r["verdict"] for r in rows]).value_counts().to_dict() if rows else {}
     lines += ["", "Summary: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))]
+    findings = [(spec["study"], spec["findings"].strip()) for spec in specs
+                if (spec.get("findings") or "").strip()]
+    if findings:
+        lines += ["", "## What this data can show (why a claim fails here)", "",
+                  "Written by whoever ran the study (`studies.<study>.findings` of the config), "
+                  "from the measurements in docs/reproduction.md:", ""]
+        lines += [f"- **{study}**: {text}" for study, text in findings]
     with atomic_write(out) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False)
