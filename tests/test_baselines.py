@@ -122,7 +122,7 @@ def test_ants_arguments_paper_preset_verbatim():
     assert cmd == paper + " --random-seed 7 -o /tmp/p_"
     fast = " ".join(ants_arguments("F", "M", "o", preset="fast"))
     assert "-c [200x100x50,1e-9,15]" in fast
-    assert "-m CC[F,M,1,1] -c [100x70x50,1e-9,15] -s 2x1x0 -f 4x2x1" in fast
+    assert "-m CC[F,M,1,2] -c [100x70x50,1e-9,15] -s 2x1x0 -f 4x2x1" in fast
     with pytest.raises(ValueError):
         ants_arguments("F", "M", "o", preset="nope")
     with pytest.raises(ValueError):

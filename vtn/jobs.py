@@ -30,7 +30,7 @@ __all__ = ["n_subjects", "n_pairs", "chunks", "chunk_rows", "parse_rows", "PER_I
 #: pre-alignment. Sources: docs/performance.md, "Job runtimes".
 PER_ITEM_MINUTES = {
     "ants/paper": 60.0,      # the paper's SyN stages: 64^3 pair 346-437 s, 128^3 ~ 1 h (estimate)
-    "ants/fast": 12.0,       # 10 s per 32^3 pair measured on one thread (x64 voxels = 11 min)
+    "ants/fast": 20.0,       # 19-21 s per 32^3 pair measured on one thread (x64 = 22 min)
     "elastix/paper": 5.0,    # 115 s per 128^3 pair measured
     "elastix/fast": 3.0,     # 23.5 s per 32^3 pair measured, mostly start-up
     "prealign/paper": 5.0,   # affine ANTs (rigid + affine) per subject
