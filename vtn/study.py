@@ -25,10 +25,10 @@ from pathlib import Path
 from vtn.modelspec import VOXELMORPH2_DEC_NF, VOXELMORPH2_ENC_NF
 from vtn.train.config import resolve_augment
 
-__all__ = ["STAR", "BASELINE_TOOLS", "PAPER_RECIPE", "SUPERVISED_SCHEDULE", "ConfigError", "check", "models",
-           "baselines", "methods", "model_config", "recipe_departures", "data_source", "spec",
-           "test_pairs", "liver_label", "has_star", "supervised_dataset", "learn2reg_subset",
-           "task_pairs", "package_card", "native_space"]
+__all__ = ["STAR", "BASELINE_TOOLS", "PAPER_RECIPE", "SUPERVISED_SCHEDULE", "ConfigError", "check",
+           "models", "baselines", "methods", "model_config", "recipe_departures", "data_source",
+           "spec", "test_pairs", "liver_label", "has_star", "supervised_dataset",
+           "learn2reg_subset", "task_pairs", "package_card", "native_space"]
 
 STAR = "\u2605"  # the paper's mark of ANTs-pre-aligned methods
 BASELINE_TOOLS = {"ants": "ANTs", "elastix": "Elastix"}  # tool -> display name
