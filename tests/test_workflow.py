@@ -101,6 +101,23 @@ def test_cpu_long_config_dry_run(tmp_path):
     assert "--rows 0:4 " in text and "--rows 4:8 " in text and "--rows 8:" not in text
 
 
+def test_cpu_long_training_recipe():
+    """The overlay's recipe reaches the models' configs: batch 1 at lr 3e-4 for VTN and
+    VoxelMorph-2 alike (lr 1e-3 diverged on the 64^3 liver), 6 x 110 steps."""
+    from snakemake.utils import update_config, validate
+
+    from vtn import study as S
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    update_config(cfg, yaml.safe_load((ROOT / "config" / "cpu-long.yaml").read_text()))
+    validate(cfg, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    vtn = S.model_config(cfg, "liver", "ADDD")
+    vxm = S.model_config(cfg, "liver", "voxelmorph")
+    assert (vtn["image_size"], vtn["batch"], vtn["lr"]) == (64, 1, 3e-4)
+    assert (vxm["batch"], vxm["lr"]) == (vtn["batch"], vtn["lr"])
+    assert vtn["epochs"] * vtn["iterations"] == vxm["epochs"] * vxm["iterations"] == 660
+
+
 def shell_commands(workdir, *configfiles):
     """The shell commands of a dry run (``-p``), one string per job."""
     proc = snakemake("-n", "-p", "--directory", str(workdir), "--configfile", *map(str, configfiles),
