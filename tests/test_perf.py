@@ -90,7 +90,7 @@ def _trained_liver_pair(tmp_path_factory):
     pytest.importorskip("nibabel")
     from pathlib import Path
 
-    res = Path("/work/main/resources")
+    res = Path(__file__).resolve().parents[1] / "resources"
     if not res.exists():
         pytest.skip("resources not available")
     from vtn.data import preprocess, synth  # noqa: F401  (import errors -> skip below)
