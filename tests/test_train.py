@@ -127,7 +127,9 @@ def test_checkpoint_weights_only_and_rebuild(tmp_path):
     out = T.train([csv], _cfg(iterations=2), tmp_path / "ckpt.pt", tmp_path / "log.csv",
                   device="cpu")
     ckpt = torch.load(out, map_location="cpu", weights_only=True)
-    assert set(ckpt) == set(T.CHECKPOINT_KEYS)
+    assert set(ckpt) == set(T.CHECKPOINT_KEYS) | set(T.OPTIONAL_KEYS)
+    log = pd.read_csv(tmp_path / "log.csv")
+    assert ckpt["loss_start"] == pytest.approx(list(log["total"]), rel=1e-6)  # steps 1-2
     assert ckpt["step"] == 2 and ckpt["finished"] is True and ckpt["epoch"] == 0
     assert ckpt["model_config"]["spec"] == "AD" and ckpt["model_config"]["type"] == "vtn"
     assert ckpt["train_config"]["cascade"] == "AD" and ckpt["subjects"] == ["s00", "s01", "s02"]
@@ -363,6 +365,52 @@ def test_nan_guard(tmp_path, monkeypatch, cascade, sync_every, term):
     assert not (tmp_path / "c.pt").exists()
     assert T.latest_checkpoint(tmp_path / "ckpt").name == "step000000002.pt"
     assert list(pd.read_csv(tmp_path / "log.csv")["step"]) == [1, 2]
+
+
+def test_exploding_loss_stops_training(tmp_path, monkeypatch, capsys):
+    """A finite loss that jumps far above its start (mean of steps 1-10) stops the run at that
+    step, before any checkpoint of it, also when the reference was taken before a resume; with
+    ``divergence_factor: 0`` the same run trains on. The poison adds a constant to one term,
+    which leaves every gradient, hence the weights, unchanged."""
+    import yaml
+
+    import vtn.losses
+
+    csv = make_subjects(tmp_path / "data", n=3)
+    real = vtn.losses.total_variation
+    calls = {"n": 0}
+
+    def poisoned(flow, *a, **k):
+        calls["n"] += 1
+        return real(flow, *a, **k) + (1e6 if calls["n"] >= 13 else 0.0)
+
+    monkeypatch.setattr(vtn.losses, "total_variation", poisoned)
+    cfg = _cfg(cascade="D", iterations=16, checkpoint_every=4, keep_checkpoints=5)
+    T.train([csv], cfg, tmp_path / "c.pt", tmp_path / "log.csv", device="cpu", max_steps=6)
+    start = T.load_checkpoint(tmp_path / "ckpt" / "step000000006.pt")["loss_start"]
+    assert start == pytest.approx(list(pd.read_csv(tmp_path / "log.csv")["total"]), rel=1e-6)
+    assert len(start) == 6 and max(start) < 1e3
+    with pytest.raises(T.LossExplodedError, match=r"step 13: the loss diverged: total 1e\+06 .*"
+                       r"tv_0 1e\+06.*steps 1-10.*divergence_factor 100.*step000000012\.pt"):
+        T.train([csv], cfg, tmp_path / "c.pt", tmp_path / "log.csv", device="cpu")
+    assert not (tmp_path / "c.pt").exists()
+    assert T.latest_checkpoint(tmp_path / "ckpt").name == "step000000012.pt"
+    assert list(pd.read_csv(tmp_path / "log.csv")["step"]) == list(range(1, 13))
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(cfg))
+    assert T.cli(["--subjects", str(csv), "--config", str(tmp_path / "m.yaml"), "--out",
+                  str(tmp_path / "c.pt"), "--log", str(tmp_path / "log.csv"),
+                  "--device", "cpu"]) == 1  # resumes at step 12, stops at 13 again
+    assert "the loss diverged" in capsys.readouterr().err
+
+    calls["n"] = 0
+    out = T.train([csv], dict(cfg, divergence_factor=0), tmp_path / "off" / "c.pt",
+                  tmp_path / "off" / "log.csv", device="cpu")
+    assert pd.read_csv(tmp_path / "off" / "log.csv")["total"].iloc[-1] > 1e5
+    monkeypatch.undo()
+    clean = T.train([csv], cfg, tmp_path / "clean" / "c.pt", tmp_path / "clean" / "log.csv",
+                    device="cpu")
+    a, b = (T.load_checkpoint(p)["model_state"] for p in (out, clean))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_deferred_loss_readback_changes_nothing(tmp_path):

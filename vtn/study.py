@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 from vtn.modelspec import VOXELMORPH2_DEC_NF, VOXELMORPH2_ENC_NF
-from vtn.train.config import resolve_augment
+from vtn.train.config import TrainConfig, resolve_augment
 
 __all__ = ["STAR", "BASELINE_TOOLS", "PAPER_RECIPE", "SUPERVISED_SCHEDULE", "ConfigError", "check",
            "models", "baselines", "methods", "model_config", "recipe_departures", "data_source",
@@ -187,6 +187,8 @@ def model_config(config: dict, study: str, model: str) -> dict:
         cfg["loss_weights"] = weights
     if train["compile"]:
         cfg["compile"] = True
+    if train["divergence_factor"] != TrainConfig.divergence_factor:
+        cfg["divergence_factor"] = train["divergence_factor"]
     if m["type"] == "vtn" and train["flow_init_scale"] != 1.0:
         cfg["flow_init_scale"] = train["flow_init_scale"]
     if m["type"] == "voxelmorph2":

@@ -17,10 +17,12 @@ import importlib
 _HOME = {
     "TrainConfig": "config", "load_config": "config", "resolve_augment": "config",
     "CHECKPOINT_FORMAT": "checkpoint", "CHECKPOINT_KEYS": "checkpoint",
+    "OPTIONAL_KEYS": "checkpoint",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "latest_checkpoint": "checkpoint",
     "PairSchedule": "data",
-    "NonFiniteLossError": "loop", "TrainingInterrupted": "loop", "EXIT_INTERRUPTED": "loop",
+    "NonFiniteLossError": "loop", "LossExplodedError": "loop", "TrainingDiverged": "loop",
+    "TrainingInterrupted": "loop", "EXIT_INTERRUPTED": "loop",
     "build_from_config": "loop",
     "train": "loop", "cli": "loop",
 }

@@ -13,9 +13,9 @@ import torch
 
 from vtn.io import InputError, atomic_write
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_KEYS", "make_checkpoint", "save_checkpoint",
-           "load_checkpoint", "latest_checkpoint", "periodic_path", "prune", "rng_state",
-           "set_rng_state"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_KEYS", "OPTIONAL_KEYS", "make_checkpoint",
+           "save_checkpoint", "load_checkpoint", "latest_checkpoint", "periodic_path", "prune",
+           "rng_state", "set_rng_state"]
 
 CHECKPOINT_FORMAT = "vtn-checkpoint/1"
 
@@ -34,6 +34,10 @@ CHECKPOINT_KEYS = (
     "rng",             # {"torch_cpu", "torch_cuda", "numpy", "python"}
     "versions",        # {"torch", "vtn"}
 )
+#: keys written since (a checkpoint without them still loads): ``loss_start``, the total losses
+#: of the run's first steps (at most :data:`vtn.train.loop.START_STEPS`; the divergence check's
+#: reference)
+OPTIONAL_KEYS = ("loss_start",)
 
 
 def rng_state() -> dict:
@@ -62,8 +66,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def make_checkpoint(model, optimizer, cfg, subjects, step: int, elapsed: float,
-                    finished: bool) -> dict:
-    """The checkpoint dict of a run at ``step`` (``cfg``: its :class:`TrainConfig`)."""
+                    finished: bool, loss_start=()) -> dict:
+    """The checkpoint dict of a run at ``step`` (``cfg``: its :class:`TrainConfig`;
+    ``loss_start``: the total losses of its first steps)."""
     from vtn import __version__
 
     return {
@@ -80,6 +85,7 @@ def make_checkpoint(model, optimizer, cfg, subjects, step: int, elapsed: float,
         "subjects": list(subjects),
         "rng": rng_state(),
         "versions": {"torch": str(torch.__version__), "vtn": str(__version__)},
+        "loss_start": [float(v) for v in loss_start],
     }
 
 

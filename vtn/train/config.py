@@ -22,7 +22,7 @@ VTN_NET_KEYS = ("flow_multiplier", "affine_final_size", "tf_same_padding", "chan
 VOXELMORPH_NET_KEYS = ("tf_same_padding", "enc_nf", "dec_nf")
 #: keys that may change between a checkpoint and the resumed run
 RESUME_FREE = frozenset({"name", "epochs", "checkpoint_every", "keep_checkpoints", "log_every",
-                         "sync_every", "progress_every", "fast", "compile"})
+                         "sync_every", "progress_every", "fast", "compile", "divergence_factor"})
 
 
 def _key(default, types, help, minimum=None, exclusive_minimum=None, study=None, choices=None):
@@ -89,6 +89,10 @@ class TrainConfig:
     sync_every: int | None = _key(None, (int,), "steps between host reads of the loss (NaN "
                                   "check, log rows, progress lines); None: 1 on CPU, 50 on CUDA",
                                   minimum=1)
+    divergence_factor: float = _key(100.0, (float, int), "stop training when the total loss "
+                                    "rises above its start (mean of the first 10 steps) by more "
+                                    "than this many times max(|start|, 0.01); 0: never",
+                                    minimum=0, study={"description": True})
     fast: bool | None = _key(None, (bool,), "bf16 autocast + channels_last; None: on CUDA",
                              study={"default": True})
     compile: bool = _key(False, (bool,), "torch.compile the training forward pass and loss "

@@ -43,7 +43,8 @@ from vtn.train.checkpoint import (latest_checkpoint, load_checkpoint, make_check
 from vtn.train.config import RESUME_FREE, TrainConfig, load_config
 from vtn.train.data import PairSchedule, augment_generator, load_subjects, load_targets
 
-__all__ = ["NonFiniteLossError", "TrainingInterrupted", "INTERRUPT_SIGNALS", "EXIT_INTERRUPTED",
+__all__ = ["TrainingDiverged", "NonFiniteLossError", "LossExplodedError", "START_STEPS",
+           "TrainingInterrupted", "INTERRUPT_SIGNALS", "EXIT_INTERRUPTED",
            "build_from_config", "CsvLog", "train", "cli"]
 
 #: signals that stop a training after the current step with a checkpoint (SLURM sends SIGTERM
@@ -54,8 +55,21 @@ INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 EXIT_INTERRUPTED = 75
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/Inf; the message names the step, the terms and the last checkpoint."""
+#: steps whose mean total loss is the divergence check's reference (``divergence_factor``)
+START_STEPS = 10
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped because it diverged; the message names the step, the loss terms and the
+    last checkpoint (written before the divergence was seen)."""
+
+
+class NonFiniteLossError(TrainingDiverged):
+    """The loss (or, at a checkpoint, a parameter) became NaN/Inf."""
+
+
+class LossExplodedError(TrainingDiverged):
+    """The loss stayed finite but rose far above its start (config key ``divergence_factor``)."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -204,10 +218,11 @@ class _Run:
     last_ckpt: Path | None = None
     pending: list = field(default_factory=list)
     last_losses: dict = field(default_factory=dict)
+    loss_start: list = field(default_factory=list)
 
     def checkpoint(self, finished: bool) -> dict:
         return make_checkpoint(self.model, self.opt, self.cfg, self.ids, self.step, self.elapsed,
-                               finished)
+                               finished, self.loss_start)
 
 
 def _start(cfg: TrainConfig, subject_csvs, dev, targets, target_pairs, ckpt_dir: Path) -> _Run:
@@ -254,6 +269,7 @@ def _resume(run: _Run, log) -> None:
     run.model.load_state_dict(ckpt["model_state"])
     run.opt.load_state_dict(ckpt["optimizer_state"])
     run.step, run.elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
+    run.loss_start = list(ckpt.get("loss_start", []))
     set_rng_state(ckpt["rng"])
     log(f"resuming from {latest} (step {run.step})")
 
@@ -305,9 +321,31 @@ def _step(run: _Run, autocast) -> None:
                                              + [terms[n].float() for n in names])))
 
 
+def _check_divergence(run: _Run, p: _StepLoss, vals: list) -> None:
+    """Raise :class:`LossExplodedError` when the total loss ``vals[0]`` of step ``p`` exceeds
+    ``start + divergence_factor * max(|start|, 0.01)``, ``start`` being the mean total loss of the
+    run's first :data:`START_STEPS` steps. In the healthy runs of the 32³ and 64³ studies the loss
+    never rose above its start by more than 3.3 times ``max(|start|, 0.01)``; the runs of the 64³
+    study that diverged at lr 1e-3 passed 100 times at steps 122-262 of 660 (docs/reproduction.md).
+    """
+    if len(run.loss_start) < START_STEPS:
+        run.loss_start.append(vals[0])
+        return
+    factor = run.cfg.divergence_factor
+    start = sum(run.loss_start) / len(run.loss_start)
+    if factor > 0 and vals[0] > start + factor * max(abs(start), 0.01):
+        terms = ", ".join(f"{n} {v:.4g}" for n, v in zip(p.names, vals[1:]))
+        raise LossExplodedError(
+            f"step {p.step}: the loss diverged: total {vals[0]:.4g} ({terms}) against "
+            f"{start:.4g} over steps 1-{START_STEPS} (limit: divergence_factor "
+            f"{factor:g}); training stopped -- lower the learning rate (config key 'lr'), or "
+            f"set divergence_factor 0 to train on. Last good checkpoint: "
+            f"{run.last_ckpt or 'none written yet'}")
+
+
 def _flush(run: _Run, stop: int, csv_log: CsvLog, tb) -> None:
     """Read the queued losses on the host (the only synchronisation of the loop), stop on a
-    non-finite one, and write their log rows."""
+    non-finite or diverged one (:func:`_check_divergence`), and write their log rows."""
     if not run.pending:
         return
     t_wait = time.perf_counter()
@@ -322,6 +360,7 @@ def _flush(run: _Run, stop: int, csv_log: CsvLog, tb) -> None:
                 f"step {p.step}: the loss is not finite (total={vals[0]}; non-finite "
                 f"terms: {bad or 'none -- the weighted sum overflowed'}); training stopped. "
                 f"Last good checkpoint: {run.last_ckpt or 'none written yet'}")
+        _check_divergence(run, p, vals)
         if p.step % run.cfg.log_every == 0 or p.step == stop:
             row = {"step": p.step, "epoch": p.epoch, "lr": p.lr,
                    "seconds": round(run.elapsed if k == len(block) - 1 else p.seconds, 4),
@@ -371,6 +410,7 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
     Raises:
         InputError: bad config or input files.
         NonFiniteLossError: the loss became NaN/Inf (the periodic checkpoints are kept).
+        LossExplodedError: the loss rose above ``divergence_factor`` times its start (idem).
         TrainingInterrupted: SIGTERM/SIGINT/SIGUSR1 arrived; the step under way was finished and
             checkpointed (a later call resumes from it, ending with the same weights).
     """
@@ -402,7 +442,7 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.fast
                 else contextlib.nullcontext())
     # Losses are read on the host every ``sync_every`` steps, at every progress line and before
-    # every checkpoint, so no checkpoint is ever written after a non-finite loss.
+    # every checkpoint, so no checkpoint is ever written after a non-finite or diverged loss.
     sync_every = cfg.sync_every or (50 if run.dev.type == "cuda" else 1)
     try:
         with _Signals() as signals:
@@ -468,7 +508,7 @@ def cli(argv=None) -> int:
     except TrainingInterrupted as exc:
         print(f"vtn train: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (InputError, NonFiniteLossError) as exc:
+    except (InputError, TrainingDiverged) as exc:
         print(f"vtn train: error: {exc}", file=sys.stderr)
         return 1
     print(path)
