@@ -21,6 +21,22 @@ def test_exact_windows():
     loss2 = np.where(steps > 90, 1.95, loss)
     assert cv.plateau(steps, loss2)["drop_pct"] == pytest.approx(2.5)
     assert not cv.plateau(steps, loss2)["flat"]
+    assert res["drop_se_pct"] == 0.0  # constant windows: no noise
+
+
+def test_standard_error_of_the_drop():
+    # windows of k = 10 rows: prev alternates 1.9 / 2.1 (mean 2, sample var 0.01 * 10/9),
+    # end alternates 1.8 / 2.2 (mean 2, sample var 0.04 * 10/9): SE = sqrt((v1 + v2) / 10) / 2
+    steps = np.arange(1, 101)
+    alt = np.where(steps % 2 == 0, 1.0, -1.0)
+    loss = np.where(steps > 90, 2 + 0.2 * alt, np.where(steps > 80, 2 + 0.1 * alt, 9.0))
+    res = cv.plateau(steps, loss)
+    v1, v2 = 0.01 * 10 / 9, 0.04 * 10 / 9
+    assert res["drop_pct"] == pytest.approx(0.0, abs=1e-9)
+    assert res["drop_se_pct"] == pytest.approx(100 * np.sqrt((v1 + v2) / 10) / 2)
+    assert res["drop_se_pct"] == pytest.approx(
+        100 * np.sqrt(np.var(loss[80:90], ddof=1) / 10 + np.var(loss[90:], ddof=1) / 10) / 2)
+    assert cv.plateau([1, 2], [2.0, 1.0])["drop_se_pct"] == 0.0  # one-row windows
 
 
 def test_sparse_log_and_exponential_curve():

@@ -16,9 +16,16 @@ last 10 % (negative drop) is flat by this test but reported with its sign.
 The VoxelMorph-2 loss (negative local NCC + gradient term) is negative: the relative drop uses
 ``|S_prev|``, which keeps the sign convention (a falling loss is a positive drop).
 
+The noise of the test: at batch 1 each logged loss is one image pair's, and pairs differ far
+more than consecutive steps do, so a window's mean carries the pair-to-pair noise. Each row also
+reports the standard error of the drop, ``SE = sqrt(var_prev / k + var_end / k) / |S_prev|``
+(sample variances of the two windows of ``k`` rows, rows taken as independent): a drop closer
+than about 2 SE to the 2 % threshold is no firm verdict either way. The verdict ``flat`` stays
+the criterion above; the SE says how far to trust it.
+
 ``vtn convergence --logs A/train_log.csv B/train_log.csv --names A B --out convergence.csv``
-writes one row per model (``model, steps, loss_prev, loss_end, drop_pct, flat``) and prints a
-one-line verdict; the tables and figures read the same function.
+writes one row per model (``model, steps, loss_prev, loss_end, drop_pct, drop_se_pct, flat``) and
+prints a one-line verdict; the tables and figures read the same function.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ def plateau(steps, losses, window: float = WINDOW, threshold: float = THRESHOLD)
 
     Returns:
         ``{"steps": T, "loss_prev": S_prev, "loss_end": S_end, "drop_pct": 100 * drop,
-        "flat": drop < threshold}``.
+        "drop_se_pct": 100 * SE, "flat": drop < threshold}`` (``SE``: the module docstring; 0
+        for windows of one row).
 
     Raises:
         ValueError: mismatched lengths, a bad ``window``, or fewer than two logged rows.
@@ -68,8 +76,14 @@ def plateau(steps, losses, window: float = WINDOW, threshold: float = THRESHOLD)
     s_end = sum(last) / len(last)
     s_prev = sum(prev) / len(prev)
     drop = (s_prev - s_end) / abs(s_prev) if s_prev != 0 else math.inf
+
+    def var(xs, mean):
+        return sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0
+
+    se = (math.sqrt(var(prev, s_prev) / k + var(last, s_end) / k) / abs(s_prev)
+          if s_prev != 0 else math.inf)
     return {"steps": max(steps), "loss_prev": s_prev, "loss_end": s_end,
-            "drop_pct": 100.0 * drop, "flat": bool(drop < threshold)}
+            "drop_pct": 100.0 * drop, "drop_se_pct": 100.0 * se, "flat": bool(drop < threshold)}
 
 
 def check_logs(logs: dict, window: float = WINDOW, threshold: float = THRESHOLD):
@@ -79,7 +93,8 @@ def check_logs(logs: dict, window: float = WINDOW, threshold: float = THRESHOLD)
         logs: model name -> path of its ``train_log.csv`` (``step`` and ``total`` columns).
 
     Returns:
-        a DataFrame ``model, steps, loss_prev, loss_end, drop_pct, flat`` in the given order.
+        a DataFrame ``model, steps, loss_prev, loss_end, drop_pct, drop_se_pct, flat`` in the
+        given order.
 
     Raises:
         vtn.io.InputError: a missing or malformed log (the message names the file).
@@ -102,7 +117,7 @@ def check_logs(logs: dict, window: float = WINDOW, threshold: float = THRESHOLD)
             raise InputError(f"{path}: {exc}") from exc
         rows.append({"model": name, **res})
     return pd.DataFrame(rows, columns=["model", "steps", "loss_prev", "loss_end", "drop_pct",
-                                       "flat"])
+                                       "drop_se_pct", "flat"])
 
 
 def summary_line(table, threshold: float = THRESHOLD, window: float = WINDOW) -> str:
@@ -116,8 +131,9 @@ def summary_line(table, threshold: float = THRESHOLD, window: float = WINDOW) ->
             f"steps)")
     if len(bad) == 0:
         return head + "."
-    worst = ", ".join(f"{r.model} ({r.drop_pct:.1f} %)" for r in bad.itertuples())
-    return head + f"; still falling: {worst}."
+    worst = ", ".join(f"{r.model} ({r.drop_pct:.1f} ± {r.drop_se_pct:.1f} %)"
+                      for r in bad.itertuples())
+    return head + f"; still falling (drop ± its standard error): {worst}."
 
 
 def _parser():

@@ -223,7 +223,8 @@ def training_curves(models_dir, names, out_png) -> list:
             ax.plot(df["step"], smooth, lw=1.6, color="black", label="total, smoothed")
             ax.axvspan(df["step"].iloc[-k], df["step"].iloc[-1], color="0.85", zorder=0)
             res = convergence.plateau(df["step"], df["total"])
-            title += (f"\nsmoothed loss drop over the last 10 %: {res['drop_pct']:.1f} % "
+            title += (f"\nsmoothed loss drop over the last 10 %: {res['drop_pct']:.1f} "
+                      f"± {res['drop_se_pct']:.1f} % "
                       f"({'flat' if res['flat'] else 'still falling'})")
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("step")

@@ -608,13 +608,17 @@ def make_tables(spec, metrics_dir, out_dir, train_logs=None) -> dict:
         curves = convergence.check_logs({Path(p).parent.name: p for p in train_logs})
         star_note = (star_note + " " + convergence.summary_line(curves)).strip()
         disp = curves.assign(drop_pct=curves["drop_pct"].map(lambda v: f"{v:.2f}"),
+                             drop_se_pct=curves["drop_se_pct"].map(lambda v: f"{v:.2f}"),
                              loss_prev=curves["loss_prev"].map(lambda v: f"{v:.4f}"),
                              loss_end=curves["loss_end"].map(lambda v: f"{v:.4f}"))
         disp.columns = ["Model", "Steps", "Smoothed loss at 90 %", "Smoothed loss at 100 %",
-                        "Drop over the last 10 % (%)", "Flat (< 2 %)"]
+                        "Drop over the last 10 % (%)", "SE of the drop (%)", "Flat (< 2 %)"]
         cap = (f"Training curves ({_who(spec)}): the smoothed training loss (mean over windows "
                f"of 10 % of the steps) at 90 % and at 100 % of each model's steps; a curve is "
-               f"at its plateau when the drop is below 2 %. Data: "
+               f"at its plateau when the drop is below 2 %. The standard error of the drop "
+               f"comes from the spread of the per-step losses in the two windows (one image "
+               f"pair per step at batch 1): a drop within about 2 SE of 2 % is no firm verdict. "
+               f"Data: "
                f"{spec.get('data_source') or 'data source not stated'}.")
         written["convergence"] = write_table(out_dir, "convergence", curves, disp, cap,
                                              convergence.summary_line(curves))
