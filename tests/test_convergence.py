@@ -95,3 +95,44 @@ def test_check_logs_and_summary(tmp_path):
     pd.DataFrame({"step": steps}).to_csv(tmp_path / "d.csv", index=False)
     with pytest.raises(InputError, match="'total'"):
         cv.check_logs({"D": tmp_path / "d.csv"})
+
+
+@pytest.mark.parametrize("total, start", [(1, 0), (5, 4), (10, 9), (30, 27), (100, 90),
+                                          (880, 792), (1120, 1008)])
+def test_last_window_start(total, start):
+    # 0.1 * 30 is 3.0000000000000004 in floating point: the window still holds 3 steps
+    assert cv.last_window_start(total) == start
+
+
+def test_the_probe_decides_where_the_log_has_one(tmp_path):
+    # T = 100: the logged loss "falls" 5 % over the last 10 steps (easier batches there), but the
+    # probe (the same pairs with the weights of step 90 and of step 100) is flat: 1 %
+    steps = np.arange(1, 101)
+    total = np.where(steps > 90, 0.95, 1.0)
+    probe = np.full(100, np.nan)
+    probe[[49, 89, 99]] = [1.5, 1.00, 0.99]  # steps 50, 90, 100
+    log = pd.DataFrame({"step": steps, "total": total, "probe": probe})
+    log.to_csv(tmp_path / "easy_batches.csv", index=False)
+    probe2 = probe.copy()
+    probe2[99] = 0.95  # the weights still improve: 5 %
+    log.assign(probe=probe2).to_csv(tmp_path / "learning.csv", index=False)
+    log.drop(columns="probe").to_csv(tmp_path / "old.csv", index=False)
+    log.assign(probe=np.where(steps == 90, np.nan, probe)).to_csv(tmp_path / "no90.csv",
+                                                                   index=False)
+    table = cv.check_logs({n: tmp_path / f"{n}.csv"
+                           for n in ("easy_batches", "learning", "old", "no90")})
+    assert list(table.columns) == cv.COLUMNS
+    assert list(table["basis"]) == ["probe", "probe", "log", "log"]
+    assert list(table["flat"]) == [True, False, False, False]
+    assert table["drop_pct"].tolist() == pytest.approx([5.0] * 4)
+    assert table["probe_drop_pct"].iloc[:2].tolist() == pytest.approx([1.0, 5.0])
+    assert table["probe_prev"].iloc[0] == 1.0 and table["probe_end"].iloc[0] == 0.99
+    assert table["probe_drop_pct"].iloc[2:].isna().all()
+    line = cv.summary_line(table)
+    assert line.startswith("Training curves: 1 of 4 models are at their plateau (the loss of "
+                           "the fixed probe pairs (2 models) or, without a probe, the smoothed")
+    assert "learning (5.0 %)" in line and "old (5.0 ± 0.0 % of the logged loss)" in line
+    assert "easy_batches" not in line
+    only_probe = cv.summary_line(table.iloc[:2])
+    assert "(the loss of the fixed probe pairs drops by < 2 %" in only_probe
+    assert cv.probe_drop([1, 2, 3], [np.nan, np.nan, np.nan]) is None

@@ -99,14 +99,15 @@ def test_model_configs_are_valid_train_configs(default, ablation):
     assert S.model_config(default, "liver", "voxelmorph")["iterations"] == v["iterations"]
     assert any(d_.startswith("cascade_iterations.D = 200 (paper: 20000")
                for d_ in S.recipe_departures(default))
-    # divergence_factor: in model.yaml only when it is not the default (existing models keep
-    # their model.yaml, hence are not retrained), for every model type
+    # divergence_factor, probe_pairs: in model.yaml only when not the default (existing models
+    # keep their model.yaml, hence are not retrained), for every model type
     assert "divergence_factor" not in d and t["divergence_factor"] == 100
+    assert "probe_pairs" not in d and t["probe_pairs"] == 16
     off = copy.deepcopy(default)
-    off["training"]["divergence_factor"] = 0
+    off["training"].update(divergence_factor=0, probe_pairs=0)
     for model in ("ADDD", "voxelmorph", "supervised"):
-        mc = S.model_config(off, "liver", model)
-        assert TrainConfig.from_dict(mc).divergence_factor == 0, model
+        mc = TrainConfig.from_dict(S.model_config(off, "liver", model))
+        assert mc.divergence_factor == 0 and mc.probe_pairs == 0, model
 
 
 def test_recipe_departures_are_named():

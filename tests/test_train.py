@@ -113,7 +113,10 @@ def test_loss_decreases(tmp_path):
     out = T.train([csv], cfg, tmp_path / "m" / "ckpt.pt", tmp_path / "m" / "log.csv",
                   device="cpu")
     log = pd.read_csv(tmp_path / "m" / "log.csv")
-    assert list(log.columns) == ["step", "epoch", "lr", "seconds", "total", "sim_0", "tv_0"]
+    assert list(log.columns) == ["step", "epoch", "lr", "seconds", "total", "sim_0", "tv_0",
+                                 "probe"]
+    # the probe (12 fixed pairs of 4 subjects): measured at 90 % and at the end, and it fell
+    assert log.dropna(subset="probe")["step"].tolist() == [27, 30]
     assert log["step"].tolist() == list(range(1, 31))
     assert log["total"].tail(5).mean() < 0.5 * log["total"].head(5).mean()
     assert log["sim_0"].tail(5).mean() < log["sim_0"].head(5).mean()
@@ -205,7 +208,7 @@ def test_exact_resume(tmp_path, monkeypatch):
     real = vtn.losses.VTNLoss.forward
 
     def crashing(self, *a, **k):
-        calls["n"] += 1
+        calls["n"] += torch.is_grad_enabled()  # training steps only (the probe: no_grad)
         if calls["n"] == 4:
             raise KeyboardInterrupt("simulated crash")
         return real(self, *a, **k)
@@ -352,7 +355,7 @@ def test_nan_guard(tmp_path, monkeypatch, cascade, sync_every, term):
     calls = {"n": 0}
 
     def poisoned(flow, *a, **k):
-        calls["n"] += 1
+        calls["n"] += torch.is_grad_enabled()  # training steps only (the probe: no_grad)
         v = real(flow, *a, **k)
         return v * float("nan") if calls["n"] == 3 else v
 
@@ -381,7 +384,7 @@ def test_exploding_loss_stops_training(tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
 
     def poisoned(flow, *a, **k):
-        calls["n"] += 1
+        calls["n"] += torch.is_grad_enabled()  # training steps only (the probe: no_grad)
         return real(flow, *a, **k) + (1e6 if calls["n"] >= 13 else 0.0)
 
     monkeypatch.setattr(vtn.losses, "total_variation", poisoned)
@@ -443,7 +446,7 @@ def test_inv_voxelmorph_supervised_and_cli(tmp_path):
     T.train([csv], _cfg(type="voxelmorph2", cascade="D", iterations=1, reg_weight=1.0),
             tmp_path / "v.pt", tmp_path / "v.csv", device="cpu", ckpt_dir=tmp_path / "vck")
     assert T.load_checkpoint(tmp_path / "v.pt")["model_config"]["type"] == "voxelmorph2"
-    assert list(pd.read_csv(tmp_path / "v.csv").columns)[4:] == ["total", "ncc", "grad"]
+    assert list(pd.read_csv(tmp_path / "v.csv").columns)[4:] == ["total", "ncc", "grad", "probe"]
     # supervised on listed pairs with a known target
     tdir = tmp_path / "targets"
     for f, m in (("s00", "s01"), ("s02", "s00")):
@@ -498,7 +501,7 @@ def test_nonfinite_parameters_are_not_checkpointed(tmp_path, monkeypatch):
     calls = {"n": 0}
 
     def step(self, *a, **k):
-        calls["n"] += 1
+        calls["n"] += torch.is_grad_enabled()  # training steps only (the probe: no_grad)
         out = real_step(self, *a, **k)
         if calls["n"] == 4:  # finite loss, but the update poisons a weight
             with torch.no_grad():
@@ -512,3 +515,68 @@ def test_nonfinite_parameters_are_not_checkpointed(tmp_path, monkeypatch):
     assert T.latest_checkpoint(tmp_path / "ckpt").name == "step000000002.pt"
     state = T.load_checkpoint(tmp_path / "ckpt" / "step000000002.pt")["model_state"]
     assert all(torch.isfinite(v).all() for v in state.values())
+
+
+@pytest.mark.parametrize("total, every, expected", [
+    (30, 100, [27, 30]), (6, 2, [2, 4, 5, 6]), (10, 5, [5, 9, 10]), (1, 1, [1]),
+    (880, 110, [110, 220, 330, 440, 550, 660, 770, 792, 880])])
+def test_probe_steps(total, every, expected):
+    from vtn.train.probe import probe_steps
+
+    assert sorted(probe_steps(total, every)) == expected
+
+
+@pytest.mark.parametrize("total, every", [(0, 1), (5, 0)])
+def test_probe_steps_bad_input(total, every):
+    from vtn.train.probe import probe_steps
+
+    with pytest.raises(ValueError, match="total" if total < 1 else "checkpoint_every"):
+        probe_steps(total, every)
+
+
+def test_probe_numbers_are_distinct_and_fixed():
+    from vtn.train.probe import probe_numbers
+
+    a = probe_numbers(12, 8, seed=3)
+    assert len(set(a)) == 8 and all(0 <= v < 12 for v in a) and a == probe_numbers(12, 8, 3)
+    assert a != probe_numbers(12, 8, seed=4)
+    assert sorted(probe_numbers(6, 16, seed=3)) == list(range(6))  # capped at the pairs there are
+
+
+def test_probe_is_logged_and_leaves_training_unchanged(tmp_path):
+    from vtn.train.probe import ProbeSet
+
+    csv = make_subjects(tmp_path / "data", n=4)
+    cfg = _cfg(iterations=10, checkpoint_every=4, lr=1e-3)  # AD, batch 2, augmented
+    with_probe = T.train([csv], dict(cfg, probe_pairs=5), tmp_path / "a" / "c.pt",
+                         tmp_path / "a" / "log.csv", device="cpu")
+    without = T.train([csv], dict(cfg, probe_pairs=0), tmp_path / "b" / "c.pt",
+                      tmp_path / "b" / "log.csv", device="cpu")
+    # the probe draws on generators of its own: the weights and the logged losses are identical
+    wa = torch.load(with_probe, weights_only=True)["model_state"]
+    wb = torch.load(without, weights_only=True)["model_state"]
+    assert all(torch.equal(v, wb[k]) for k, v in wa.items())
+    la, lb = (pd.read_csv(tmp_path / d / "log.csv") for d in "ab")
+    assert "probe" not in lb.columns
+    pd.testing.assert_frame_equal(la.drop(columns=["probe", "seconds"]),
+                                  lb.drop(columns="seconds"))
+    probed = la.dropna(subset="probe")
+    assert probed["step"].tolist() == [4, 8, 9, 10]
+    # independent recomputation of the last probe value: the final weights, a fresh model and
+    # loss, the five probe pairs with their fixed augmentations, one pair at a time
+    from vtn.train.data import load_subjects
+
+    run_cfg = T.load_config(dict(cfg, probe_pairs=5))
+    ids, images = load_subjects([csv], 16)
+    schedule = T.PairSchedule(len(ids), run_cfg.seed)
+    probe = ProbeSet(images, schedule, 5, run_cfg.seed, True)
+    model, loss_fn = T.build_from_config(run_cfg)
+    model.load_state_dict(wa)
+    with torch.no_grad():
+        values = [float(loss_fn(model(probe.fixed[k:k + 1], probe.moving[k:k + 1]),
+                                probe.fixed[k:k + 1])[0]) for k in range(5)]
+    assert probed["probe"].iloc[-1] == pytest.approx(np.mean(values), rel=1e-5)
+    # not a trivial case: the augmentation changed the probe's moving images, and the probe
+    # loss changed as the weights did
+    assert not torch.equal(probe.moving, images[[schedule.pair(n)[1] for n in probe.numbers]])
+    assert probed["probe"].nunique() == 4

@@ -187,8 +187,9 @@ def model_config(config: dict, study: str, model: str) -> dict:
         cfg["loss_weights"] = weights
     if train["compile"]:
         cfg["compile"] = True
-    if train["divergence_factor"] != TrainConfig.divergence_factor:
-        cfg["divergence_factor"] = train["divergence_factor"]
+    for key in ("divergence_factor", "probe_pairs"):  # in model.yaml only when not the default
+        if train[key] != getattr(TrainConfig, key):
+            cfg[key] = train[key]
     if m["type"] == "vtn" and train["flow_init_scale"] != 1.0:
         cfg["flow_init_scale"] = train["flow_init_scale"]
     if m["type"] == "voxelmorph2":

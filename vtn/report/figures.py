@@ -186,7 +186,8 @@ def method_figure(columns, fixed, moving, lm_names, out_png, axis=2, title=""):
 def training_curves(models_dir, names, out_png) -> list:
     """Plot ``train_log.csv`` of each model: the loss terms and the total vs ``step``, the total
     smoothed as the plateau check smooths it (mean over windows of 10 % of the steps,
-    :mod:`vtn.report.convergence`), the last 10 % shaded, and the check's drop in the title.
+    :mod:`vtn.report.convergence`), the probe's values (red points, where logged), the last
+    10 % shaded, and the check's drops in the title.
 
     Returns:
         the names of the models that had a log.
@@ -208,7 +209,7 @@ def training_curves(models_dir, names, out_png) -> list:
     ncol = min(3, len(logs))
     nrow = (len(logs) + ncol - 1) // ncol
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
-    skip = {"step", "epoch", "lr", "seconds"}
+    skip = {"step", "epoch", "lr", "seconds", "probe"}
     for i, (n, df) in enumerate(logs.items()):
         ax = axes[i // ncol, i % ncol]
         for col in df.columns:
@@ -223,9 +224,21 @@ def training_curves(models_dir, names, out_png) -> list:
             ax.plot(df["step"], smooth, lw=1.6, color="black", label="total, smoothed")
             ax.axvspan(df["step"].iloc[-k], df["step"].iloc[-1], color="0.85", zorder=0)
             res = convergence.plateau(df["step"], df["total"])
-            title += (f"\nsmoothed loss drop over the last 10 %: {res['drop_pct']:.1f} "
-                      f"± {res['drop_se_pct']:.1f} % "
-                      f"({'flat' if res['flat'] else 'still falling'})")
+            probe = (convergence.probe_drop(df["step"], pd.to_numeric(df["probe"],
+                                                                      errors="coerce"))
+                     if "probe" in df.columns else None)
+            if probe is not None:
+                pts = df.dropna(subset=["probe"])
+                ax.plot(pts["step"], pts["probe"], "o-", ms=3, lw=1.0, color="tab:red",
+                        label="probe (fixed pairs)")
+                flat = probe[2] < 100 * convergence.THRESHOLD
+                title += (f"\nprobe drop over the last 10 %: {probe[2]:.1f} % "
+                          f"({'flat' if flat else 'still falling'}); smoothed log "
+                          f"{res['drop_pct']:.1f} ± {res['drop_se_pct']:.1f} %")
+            else:
+                title += (f"\nsmoothed loss drop over the last 10 %: {res['drop_pct']:.1f} "
+                          f"± {res['drop_se_pct']:.1f} % "
+                          f"({'flat' if res['flat'] else 'still falling'})")
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("step")
         ax.legend(fontsize=6)

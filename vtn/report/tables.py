@@ -607,18 +607,28 @@ def make_tables(spec, metrics_dir, out_dir, train_logs=None) -> dict:
     if train_logs:
         curves = convergence.check_logs({Path(p).parent.name: p for p in train_logs})
         star_note = (star_note + " " + convergence.summary_line(curves)).strip()
-        disp = curves.assign(drop_pct=curves["drop_pct"].map(lambda v: f"{v:.2f}"),
-                             drop_se_pct=curves["drop_se_pct"].map(lambda v: f"{v:.2f}"),
-                             loss_prev=curves["loss_prev"].map(lambda v: f"{v:.4f}"),
-                             loss_end=curves["loss_end"].map(lambda v: f"{v:.4f}"))
-        disp.columns = ["Model", "Steps", "Smoothed loss at 90 %", "Smoothed loss at 100 %",
-                        "Drop over the last 10 % (%)", "SE of the drop (%)", "Flat (< 2 %)"]
-        cap = (f"Training curves ({_who(spec)}): the smoothed training loss (mean over windows "
-               f"of 10 % of the steps) at 90 % and at 100 % of each model's steps; a curve is "
-               f"at its plateau when the drop is below 2 %. The standard error of the drop "
-               f"comes from the spread of the per-step losses in the two windows (one image "
-               f"pair per step at batch 1): a drop within about 2 SE of 2 % is no firm verdict. "
-               f"Data: "
+        def fmt(digits):
+            return lambda v: "-" if v != v else f"{v:.{digits}f}"
+
+        disp = curves.assign(**{c: curves[c].map(fmt(4)) for c in
+                                ("probe_prev", "probe_end", "loss_prev", "loss_end")},
+                             **{c: curves[c].map(fmt(2)) for c in
+                                ("probe_drop_pct", "drop_pct", "drop_se_pct")})
+        disp = disp[["model", "steps", "probe_prev", "probe_end", "probe_drop_pct", "loss_prev",
+                     "loss_end", "drop_pct", "drop_se_pct", "basis", "flat"]]
+        disp.columns = ["Model", "Steps", "Probe loss at 90 %", "Probe loss at 100 %",
+                        "Probe drop (%)", "Smoothed loss at 90 %", "Smoothed loss at 100 %",
+                        "Smoothed drop (%)", "SE of the smoothed drop (%)", "Verdict from",
+                        "Flat (< 2 %)"]
+        cap = (f"Training curves ({_who(spec)}): a model is at its plateau when its loss drops "
+               f"by less than 2 % over the last 10 % of its steps. Probe: the training loss of "
+               f"fixed training pairs, each with a fixed augmentation, with the weights at 90 % "
+               f"and at 100 % of the steps (a paired comparison: only the weights differ; "
+               f"vtn.train.probe); it decides where the log has it. Smoothed: the logged "
+               f"training loss averaged over windows of 10 % of the steps; its standard error "
+               f"comes from the spread of the per-step losses, but it cannot see that models "
+               f"with one seed draw the same pairs and augmentations in each window (shown for "
+               f"comparison, and the verdict for logs without a probe). Data: "
                f"{spec.get('data_source') or 'data source not stated'}.")
         written["convergence"] = write_table(out_dir, "convergence", curves, disp, cap,
                                              convergence.summary_line(curves))

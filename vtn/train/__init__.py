@@ -3,6 +3,7 @@
 * :mod:`vtn.train.config` -- :class:`TrainConfig`, the keys, defaults and checks of a model's
   training config (no torch: the workflow imports it);
 * :mod:`vtn.train.data` -- training images, supervised targets, the pair schedule;
+* :mod:`vtn.train.probe` -- the fixed probe pairs whose loss the plateau check compares;
 * :mod:`vtn.train.checkpoint` -- checkpoint format, save / load / resume helpers;
 * :mod:`vtn.train.loop` -- :func:`train` and the command line.
 

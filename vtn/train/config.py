@@ -22,7 +22,8 @@ VTN_NET_KEYS = ("flow_multiplier", "affine_final_size", "tf_same_padding", "chan
 VOXELMORPH_NET_KEYS = ("tf_same_padding", "enc_nf", "dec_nf")
 #: keys that may change between a checkpoint and the resumed run
 RESUME_FREE = frozenset({"name", "epochs", "checkpoint_every", "keep_checkpoints", "log_every",
-                         "sync_every", "progress_every", "fast", "compile", "divergence_factor"})
+                         "sync_every", "progress_every", "fast", "compile", "divergence_factor",
+                         "probe_pairs"})
 
 
 def _key(default, types, help, minimum=None, exclusive_minimum=None, study=None, choices=None):
@@ -93,6 +94,11 @@ class TrainConfig:
                                     "rises above its start (mean of the first 10 steps) by more "
                                     "than this many times max(|start|, 0.01); 0: never",
                                     minimum=0, study={"description": True})
+    probe_pairs: int = _key(16, (int,), "fixed training pairs (each with a fixed augmentation) "
+                            "whose loss is logged at every checkpoint and at 90 % of the steps "
+                            "(column 'probe'): the plateau check compares the weights, not the "
+                            "batches (vtn.train.probe); 0: none", minimum=0,
+                            study={"description": True})
     fast: bool | None = _key(None, (bool,), "bf16 autocast + channels_last; None: on CUDA",
                              study={"default": True})
     compile: bool = _key(False, (bool,), "torch.compile the training forward pass and loss "

@@ -11,7 +11,8 @@ import torch
 
 from vtn.io import InputError, load_disp_l2r, load_volume, read_pairs, read_subjects
 
-__all__ = ["load_subjects", "load_targets", "PairSchedule", "augment_generator"]
+__all__ = ["load_subjects", "load_targets", "PairSchedule", "augment_generator", "seeded_generator",
+           "PAIR_STREAM", "AUGMENT_STREAM", "PROBE_PAIR_STREAM", "PROBE_AUGMENT_STREAM"]
 
 
 def load_subjects(subject_csvs, size: int):
@@ -79,10 +80,11 @@ class PairSchedule:
         self._pass = None
         self._perm = None
 
-    def _pair(self, r: int):
+    def pair(self, number: int):
+        """``(fixed, moving)`` subject indices of pair ``number`` (``0 <= number < size``)."""
         if self.pairs is not None:
-            return self.pairs[r]
-        i, j = divmod(r, self.n - 1)
+            return self.pairs[number]
+        i, j = divmod(number, self.n - 1)
         return i, j + (j >= i)
 
     def __call__(self, start: int, count: int):
@@ -96,19 +98,30 @@ class PairSchedule:
         for q in range(start, start + count):
             p, r = divmod(q, self.size)
             if p != self._pass:
-                self._perm = np.random.default_rng([self.seed, 1, p]).permutation(self.size)
+                rng = np.random.default_rng([self.seed, PAIR_STREAM, p])
+                self._perm = rng.permutation(self.size)
                 self._pass = p
             number = int(self._perm[r])
-            i, j = self._pair(number)
+            i, j = self.pair(number)
             fixed.append(i)
             moving.append(j)
             numbers.append(number)
         return fixed, moving, numbers
 
 
-def augment_generator(seed: int, step: int) -> torch.Generator:
-    """The CPU generator of the augmentation of ``step``, seeded from ``(seed, 2, step)``."""
-    state = np.random.SeedSequence([int(seed), 2, int(step)]).generate_state(2, np.uint32)
+#: random streams of a run (the first entry of the seed sequence after ``seed``)
+PAIR_STREAM, AUGMENT_STREAM, PROBE_PAIR_STREAM, PROBE_AUGMENT_STREAM = 1, 2, 3, 4
+
+
+def seeded_generator(seed: int, stream: int, index: int) -> torch.Generator:
+    """A CPU :class:`torch.Generator` seeded from ``(seed, stream, index)``."""
+    state = np.random.SeedSequence([int(seed), int(stream), int(index)]).generate_state(
+        2, np.uint32)
     gen = torch.Generator()
     gen.manual_seed(int(state[0]) << 32 | int(state[1]))
     return gen
+
+
+def augment_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of the augmentation of ``step``, seeded from ``(seed, 2, step)``."""
+    return seeded_generator(seed, AUGMENT_STREAM, step)

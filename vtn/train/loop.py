@@ -42,6 +42,7 @@ from vtn.train.checkpoint import (latest_checkpoint, load_checkpoint, make_check
                                   periodic_path, prune, save_checkpoint, set_rng_state)
 from vtn.train.config import RESUME_FREE, TrainConfig, load_config
 from vtn.train.data import PairSchedule, augment_generator, load_subjects, load_targets
+from vtn.train.probe import ProbeSet, probe_steps
 
 __all__ = ["TrainingDiverged", "NonFiniteLossError", "LossExplodedError", "START_STEPS",
            "TrainingInterrupted", "INTERRUPT_SIGNALS", "EXIT_INTERRUPTED",
@@ -113,7 +114,8 @@ def build_from_config(cfg: TrainConfig):
 
 
 class CsvLog:
-    """Per-step CSV log ``step,epoch,lr,seconds,total,<terms...>``, flushed at every row."""
+    """Per-step CSV log ``step,epoch,lr,seconds,total,<terms...>[,probe]``, flushed at every
+    row."""
 
     def __init__(self, path: Path, resume_step: int):
         self.path = Path(path)
@@ -194,6 +196,7 @@ class _StepLoss:
     seconds: float
     names: list
     values: torch.Tensor
+    probe: float | None = None
 
 
 @dataclass
@@ -213,6 +216,8 @@ class _Run:
     forward: object
     criterion: object
     ckpt_dir: Path
+    probe: ProbeSet | None = None
+    probe_at: frozenset = frozenset()
     step: int = 0
     elapsed: float = 0.0
     last_ckpt: Path | None = None
@@ -249,8 +254,12 @@ def _start(cfg: TrainConfig, subject_csvs, dev, targets, target_pairs, ckpt_dir:
     # is compiled too, so that its element-wise terms (CC, TV, invertibility) fuse into few kernels.
     forward = torch.compile(model) if cfg.compile else model
     criterion = torch.compile(loss_fn) if cfg.compile else loss_fn
+    probe, probe_at = None, frozenset()
+    if cfg.probe_pairs > 0:
+        probe = ProbeSet(images, schedule, cfg.probe_pairs, cfg.seed, cfg.augment, target_flows)
+        probe_at = probe_steps(cfg.total_steps, cfg.checkpoint_every)
     return _Run(cfg, dev, fast, ids, images, target_flows, schedule, model, loss_fn, opt,
-                forward, criterion, ckpt_dir)
+                forward, criterion, ckpt_dir, probe, probe_at)
 
 
 def _resume(run: _Run, log) -> None:
@@ -288,10 +297,33 @@ def _batch(run: _Run):
         from vtn.augment import augment_moving
 
         moving = augment_moving(moving, generator=augment_generator(cfg.seed, run.step))["moving"]
-    if run.fast:
-        fixed = fixed.contiguous(memory_format=torch.channels_last_3d)
-        moving = moving.contiguous(memory_format=torch.channels_last_3d)
-    return fixed, moving, target
+    return _prepare(run, fixed), _prepare(run, moving), target
+
+
+def _prepare(run: _Run, t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the run's device, channels-last in fast mode."""
+    t = to_device(t, run.dev)
+    return t.contiguous(memory_format=torch.channels_last_3d) if run.fast else t
+
+
+def _loss(run: _Run, fixed, moving, target):
+    """``(total, terms)``: the training loss of a batch with the current weights."""
+    out_fw = run.forward(fixed, moving)
+    out_rev = run.forward(moving, fixed) if run.cfg.inv_weight > 0 else None
+    if run.cfg.type == "vtn":
+        return run.criterion(out_fw, fixed, out_reverse=out_rev, target=target)
+    return run.criterion(out_fw, fixed)
+
+
+def _probe(run: _Run, autocast) -> float:
+    """The probe loss (:mod:`vtn.train.probe`) of the current weights."""
+    run.model.eval()
+    try:
+        with autocast:
+            return run.probe.loss(lambda f, m, t: _loss(run, f, m, t)[0].float(),
+                                  run.cfg.batch, lambda t: _prepare(run, t))
+    finally:
+        run.model.train()
 
 
 def _step(run: _Run, autocast) -> None:
@@ -304,12 +336,7 @@ def _step(run: _Run, autocast) -> None:
         group["lr"] = lr
     fixed, moving, target = _batch(run)
     with autocast:
-        out_fw = run.forward(fixed, moving)
-        out_rev = run.forward(moving, fixed) if cfg.inv_weight > 0 else None
-        if cfg.type == "vtn":
-            loss, terms = run.criterion(out_fw, fixed, out_reverse=out_rev, target=target)
-        else:
-            loss, terms = run.criterion(out_fw, fixed)
+        loss, terms = _loss(run, fixed, moving, target)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     run.opt.step()
@@ -361,15 +388,17 @@ def _flush(run: _Run, stop: int, csv_log: CsvLog, tb) -> None:
                 f"terms: {bad or 'none -- the weighted sum overflowed'}); training stopped. "
                 f"Last good checkpoint: {run.last_ckpt or 'none written yet'}")
         _check_divergence(run, p, vals)
-        if p.step % run.cfg.log_every == 0 or p.step == stop:
+        if p.step % run.cfg.log_every == 0 or p.step == stop or p.probe is not None:
             row = {"step": p.step, "epoch": p.epoch, "lr": p.lr,
                    "seconds": round(run.elapsed if k == len(block) - 1 else p.seconds, 4),
                    "total": vals[0]}
             row.update(zip(p.names, vals[1:]))
+            if run.probe is not None:
+                row["probe"] = "" if p.probe is None else p.probe
             csv_log.write(row)
             if tb is not None:
                 for key, v in row.items():
-                    if key not in ("step", "epoch"):
+                    if key not in ("step", "epoch") and v != "":
                         tb.add_scalar(key, v, p.step)
     run.last_losses = dict(zip(["total", *block[-1].names], values[-1]), lr=block[-1].lr)
 
@@ -396,7 +425,8 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
             the union of their subjects.
         config: training config (YAML path, dict or :class:`TrainConfig`).
         out: final checkpoint path.
-        log: CSV log path (``step,epoch,lr,seconds,total,<loss terms>``).
+        log: CSV log path (``step,epoch,lr,seconds,total,<loss terms>``, and ``probe``: the
+            loss of the fixed probe pairs at the probe steps, :mod:`vtn.train.probe`).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         targets: folder of ``disp_<f>_<m>.nii.gz`` target fields (``supervised: true``).
         target_pairs: CSV ``fixed,moving`` of the supervised pairs.
@@ -448,10 +478,14 @@ def train(subject_csvs, config, out, log, device: str = "auto", targets=None,
         with _Signals() as signals:
             while run.step < stop:
                 _step(run, autocast)
+                probe_now = run.probe is not None and run.step in run.probe_at
+                if probe_now:
+                    run.pending[-1].probe = _probe(run, autocast)
                 checkpoint_now = run.step % cfg.checkpoint_every == 0 or run.step == stop
                 progress_now = run.step % cfg.progress_every == 0 or run.step == stop
                 interrupted = signals.received is not None and run.step < stop
-                if checkpoint_now or progress_now or interrupted or run.step % sync_every == 0:
+                if (checkpoint_now or progress_now or interrupted or probe_now
+                        or run.step % sync_every == 0):
                     _flush(run, stop, csv_log, tb)
                 if checkpoint_now or interrupted:
                     _save_periodic(run)
