@@ -50,8 +50,8 @@ import math
 import sys
 from pathlib import Path
 
-__all__ = ["WINDOW", "THRESHOLD", "COLUMNS", "plateau", "last_window_start", "probe_drop", "check_logs",
-           "summary_line", "cli"]
+__all__ = ["WINDOW", "THRESHOLD", "COLUMNS", "plateau", "last_window_start", "probe_drop",
+           "verdict", "check_logs", "summary_line", "cli"]
 
 #: Fraction of the run's steps in each smoothing window (and the "last 10 %" of the criterion).
 WINDOW = 0.10
@@ -122,10 +122,7 @@ def probe_drop(steps, probe, window: float = WINDOW):
         ``(P_prev, P_end, 100 * drop)`` with ``P_prev`` the probe at step
         ``T - ceil(window * T)`` and ``P_end`` at ``T``; ``None`` when either is missing.
     """
-    values = {}
-    for s, v in zip(steps, probe):
-        if v is not None and v == v and v != "":
-            values[int(s)] = float(v)
+    values = {int(s): float(v) for s, v in zip(steps, probe) if v is not None and v == v}
     if not values:
         return None
     total = max(int(s) for s in steps)
@@ -135,6 +132,32 @@ def probe_drop(steps, probe, window: float = WINDOW):
     prev, end = values[start], values[total]
     drop = (prev - end) / abs(prev) if prev != 0 else math.inf
     return prev, end, 100.0 * drop
+
+
+def verdict(log, window: float = WINDOW, threshold: float = THRESHOLD) -> dict:
+    """The plateau check of one training log.
+
+    Args:
+        log: DataFrame with ``step`` and ``total`` (and, where logged, ``probe``) columns.
+
+    Returns:
+        :func:`plateau`'s dict plus ``probe_prev, probe_end, probe_drop_pct`` (NaN without a
+        probe) and ``basis``; ``flat`` is the probe's verdict where there is one
+        (``basis: probe``), else the smoothed log's (``basis: log``).
+
+    Raises:
+        ValueError: as :func:`plateau`.
+    """
+    import pandas as pd
+
+    res = plateau(log["step"], log["total"], window, threshold)
+    probe = (probe_drop(log["step"], pd.to_numeric(log["probe"], errors="coerce"), window)
+             if "probe" in log.columns else None)
+    if probe is None:
+        return {**res, "probe_prev": math.nan, "probe_end": math.nan, "probe_drop_pct": math.nan,
+                "basis": "log"}
+    return {**res, "probe_prev": probe[0], "probe_end": probe[1], "probe_drop_pct": probe[2],
+            "basis": "probe", "flat": bool(probe[2] < 100.0 * threshold)}
 
 
 def check_logs(logs: dict, window: float = WINDOW, threshold: float = THRESHOLD):
@@ -164,16 +187,9 @@ def check_logs(logs: dict, window: float = WINDOW, threshold: float = THRESHOLD)
         if not {"step", "total"} <= set(df.columns):
             raise InputError(f"{path}: needs columns 'step' and 'total', has {list(df.columns)}")
         try:
-            res = plateau(df["step"], df["total"], window, threshold)
+            res = verdict(df, window, threshold)
         except ValueError as exc:
             raise InputError(f"{path}: {exc}") from exc
-        probe = (probe_drop(df["step"], pd.to_numeric(df["probe"], errors="coerce"), window)
-                 if "probe" in df.columns else None)
-        res.update(probe_prev=math.nan, probe_end=math.nan, probe_drop_pct=math.nan,
-                   basis="log")
-        if probe is not None:
-            res.update(probe_prev=probe[0], probe_end=probe[1], probe_drop_pct=probe[2],
-                       basis="probe", flat=bool(probe[2] < 100.0 * threshold))
         rows.append({"model": name, **res})
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -223,17 +223,13 @@ def training_curves(models_dir, names, out_png) -> list:
             smooth = df["total"].rolling(k, min_periods=1).mean()
             ax.plot(df["step"], smooth, lw=1.6, color="black", label="total, smoothed")
             ax.axvspan(df["step"].iloc[-k], df["step"].iloc[-1], color="0.85", zorder=0)
-            res = convergence.plateau(df["step"], df["total"])
-            probe = (convergence.probe_drop(df["step"], pd.to_numeric(df["probe"],
-                                                                      errors="coerce"))
-                     if "probe" in df.columns else None)
-            if probe is not None:
+            res = convergence.verdict(df)
+            if res["basis"] == "probe":
                 pts = df.dropna(subset=["probe"])
                 ax.plot(pts["step"], pts["probe"], "o-", ms=3, lw=1.0, color="tab:red",
                         label="probe (fixed pairs)")
-                flat = probe[2] < 100 * convergence.THRESHOLD
-                title += (f"\nprobe drop over the last 10 %: {probe[2]:.1f} % "
-                          f"({'flat' if flat else 'still falling'}); smoothed log "
+                title += (f"\nprobe drop over the last 10 %: {res['probe_drop_pct']:.1f} % "
+                          f"({'flat' if res['flat'] else 'still falling'}); smoothed log "
                           f"{res['drop_pct']:.1f} ± {res['drop_se_pct']:.1f} %")
             else:
                 title += (f"\nsmoothed loss drop over the last 10 %: {res['drop_pct']:.1f} "

@@ -14,6 +14,9 @@ from vtn.io import InputError, load_disp_l2r, load_volume, read_pairs, read_subj
 __all__ = ["load_subjects", "load_targets", "PairSchedule", "augment_generator", "seeded_generator",
            "PAIR_STREAM", "AUGMENT_STREAM", "PROBE_PAIR_STREAM", "PROBE_AUGMENT_STREAM"]
 
+#: random streams of a run (the first entry of the seed sequence after ``seed``)
+PAIR_STREAM, AUGMENT_STREAM, PROBE_PAIR_STREAM, PROBE_AUGMENT_STREAM = 1, 2, 3, 4
+
 
 def load_subjects(subject_csvs, size: int):
     """All training images of the union of subject tables as one ``(N, 1, S, S, S)`` tensor."""
@@ -107,10 +110,6 @@ class PairSchedule:
             moving.append(j)
             numbers.append(number)
         return fixed, moving, numbers
-
-
-#: random streams of a run (the first entry of the seed sequence after ``seed``)
-PAIR_STREAM, AUGMENT_STREAM, PROBE_PAIR_STREAM, PROBE_AUGMENT_STREAM = 1, 2, 3, 4
 
 
 def seeded_generator(seed: int, stream: int, index: int) -> torch.Generator:
